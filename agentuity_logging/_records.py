@@ -1,0 +1,353 @@
+"""The one record schema, built once for every path (stdlib, structlog, shippers, store).
+
+An *event* is a plain dict with keys in this order::
+
+    timestamp, level, logger, message, agentuitySessionId, agentuityThreadId, spanId,
+    <fields...>, exception, stack
+
+``timestamp`` is RFC 3339 UTC with microseconds, ``level`` is lowercase, the IDs are absent outside a
+session and ``spanId`` outside a span. Field names that would clash with the schema or with
+``logging.LogRecord`` attributes get a trailing underscore (``message`` -> ``message_``), so no field can
+overwrite the schema and no field is lost.
+
+Everything here is on the hot path of a log call: keep it lean and never let it raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from itertools import islice
+from types import TracebackType
+from typing import Any, Final
+
+__all__ = [
+    "CLASHING_NAMES",
+    "EXCEPTION_KEY",
+    "LEVEL_NAMES",
+    "RECORD_ATTRS",
+    "SCHEMA_KEYS",
+    "SESSION_KEY",
+    "SPAN_KEY",
+    "THREAD_KEY",
+    "event_from_record",
+    "exception_info",
+    "format_timestamp",
+    "normalize_fields",
+    "record_message",
+]
+
+SESSION_KEY: Final = "agentuitySessionId"
+THREAD_KEY: Final = "agentuityThreadId"
+SPAN_KEY: Final = "spanId"
+EXCEPTION_KEY: Final = "exception"
+STACK_KEY: Final = "stack"
+
+#: Keys our schema owns. A user field of the same name is renamed, never dropped.
+SCHEMA_KEYS: Final = frozenset(
+    {
+        "timestamp",
+        "level",
+        "logger",
+        "message",
+        SESSION_KEY,
+        THREAD_KEY,
+        SPAN_KEY,
+        EXCEPTION_KEY,
+        STACK_KEY,
+    }
+)
+
+_PROBE = logging.LogRecord("probe", logging.INFO, __file__, 0, "", None, None)
+#: The attributes every ``LogRecord`` has, in the order ``LogRecord.__init__`` sets them.
+_STD_KEYS: Final = tuple(_PROBE.__dict__)
+_N_STD: Final = len(_STD_KEYS)
+_LAST_STD: Final = _STD_KEYS[-1]
+
+#: Attributes of a LogRecord that are not user fields (the stdlib's own, plus ones formatters add).
+RECORD_ATTRS: Final = frozenset(
+    {
+        *_STD_KEYS,
+        "message",
+        "asctime",
+        "taskName",
+        "exc_text",
+        "stack_info",
+        "_agentuity_exc",
+        "_agentuity_event",
+        "_agentuity_raw",
+    }
+)
+
+#: A field with one of these names is renamed ``name_`` on the way into a record.
+CLASHING_NAMES: Final = SCHEMA_KEYS | RECORD_ATTRS
+
+#: Names the stdlib builder skips when it collects fields (IDs are placed first separately).
+_SKIP: Final = RECORD_ATTRS | {SESSION_KEY, THREAD_KEY, SPAN_KEY}
+
+LEVEL_NAMES: Final[dict[int, str]] = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+    logging.NOTSET: "notset",
+}
+
+
+def level_name(levelno: int, levelname: str = "") -> str:
+    """Return the schema's lowercase level name for ``levelno``."""
+    return LEVEL_NAMES.get(levelno) or (levelname or f"level{levelno}").lower()
+
+
+def normalize_fields(fields: Mapping[Any, Any]) -> dict[str, Any]:
+    """Return ``fields`` with string keys, names that clash with the schema suffixed by ``_``."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        name = key if isinstance(key, str) else str(key)
+        if name in CLASHING_NAMES:
+            name += "_"
+        out[name] = value
+    return out
+
+
+# The date-and-seconds prefix of the last second formatted, re-derived once per second. Threads may race on
+# the pair; the tuple is replaced whole, so a reader sees a consistent (second, prefix) or misses the cache.
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+_DIGITS3: Final = tuple(f"{i:03d}" for i in range(1000))
+
+
+def format_timestamp(created: float) -> str:
+    """Format epoch seconds as RFC 3339 UTC with microseconds: ``2026-11-25T10:44:59.123456Z``.
+
+    On the hot path of every record: the date part is derived once per second, the fraction is two
+    table look-ups (about twice as fast as ``f"{micros:06d}"``).
+    """
+    global _ts_cache
+    total = int(created * 1_000_000)
+    second = total // 1_000_000
+    micros = total - second * 1_000_000
+    cached_second, prefix = _ts_cache
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _ts_cache = (second, prefix)
+    return prefix + _DIGITS3[micros // 1000] + _DIGITS3[micros % 1000] + "Z"
+
+
+def record_message(record: logging.LogRecord) -> str:
+    """Return ``record.getMessage()``, or a safe rendering when its %-arguments do not fit."""
+    try:
+        return record.getMessage()
+    except Exception as exc:
+        try:
+            return f"{record.msg!s} [bad log arguments {record.args!r}: {type(exc).__name__}: {exc}]"
+        except Exception:
+            return f"<unprintable log message: {type(exc).__name__}>"
+
+
+def exception_info(
+    exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+    *,
+    max_frames: int = 64,
+) -> dict[str, Any] | None:
+    """Return ``{"type", "message", "frames", "traceback"}`` for an exception, or ``None``.
+
+    ``frames`` lists the innermost ``max_frames`` frames as ``{"file", "line", "function"}``;
+    ``traceback`` is the stdlib's text rendering (with the cause chain) for people.
+    """
+    etype, value, tb = exc_info
+    if etype is None or value is None:
+        return None
+    try:
+        summary = traceback.extract_tb(tb)[-max_frames:] if tb is not None else []
+        frames = [{"file": f.filename, "line": f.lineno, "function": f.name} for f in summary]
+        try:
+            message = str(value)
+        except Exception:
+            message = f"<unprintable {etype.__name__}>"
+        text = "".join(traceback.format_exception(etype, value, tb))
+        return {
+            "type": etype.__qualname__
+            if etype.__module__ == "builtins"
+            else f"{etype.__module__}.{etype.__qualname__}",
+            "message": message,
+            "frames": frames,
+            "traceback": text,
+        }
+    except Exception as err:  # a hostile __str__/__repr__ chain
+        return {"type": getattr(etype, "__name__", "?"), "message": f"<unformattable: {err!r}>"}
+
+
+def event_from_record(record: logging.LogRecord, skip: frozenset[str] | set[str] = _SKIP) -> dict[str, Any]:
+    """Build the schema dict for a stdlib ``LogRecord`` (cached on the record for other handlers).
+
+    ``skip`` names record attributes that are not fields (python-json-logger's ``reserved_attrs``).
+    Callers must not mutate the returned dict: with the default ``skip`` it is shared by every handler
+    that formats the same record.
+    """
+    d = record.__dict__
+    if skip is _SKIP:
+        cached = d.get("_agentuity_event")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+    try:
+        message = record.getMessage()
+    except Exception:
+        message = record_message(record)
+    event: dict[str, Any] = {
+        "timestamp": format_timestamp(record.created),
+        "level": LEVEL_NAMES.get(record.levelno) or level_name(record.levelno, record.levelname),
+        "logger": record.name,
+        "message": message,
+    }
+    if len(d) > _N_STD:
+        # Inlined rather than a helper: this runs for every record in a session.
+        sid = d.get(SESSION_KEY)
+        if sid is not None:
+            event[SESSION_KEY] = sid
+            event[THREAD_KEY] = d.get(THREAD_KEY)
+        span = d.get(SPAN_KEY)
+        if span is not None:
+            event[SPAN_KEY] = span
+        # LogRecord.__init__ sets its attributes first and in a known order, so fields (ours, `extra=`,
+        # a filter's) all come after them: skip the standard ones without looking at each.
+        items: Iterable[tuple[str, Any]] = (
+            islice(d.items(), _N_STD, None) if next(islice(d, _N_STD - 1, None)) == _LAST_STD else d.items()
+        )
+        for key, value in items:
+            if key not in skip:
+                event[key + "_" if key in SCHEMA_KEYS else key] = value
+        raw = d.get("_agentuity_raw")
+        if raw is not None:
+            # Top-level keys set verbatim by the package itself (a finished span's spanId, name,
+            # start...), which LogRecord attribute names would otherwise shadow.
+            event.update(raw)
+    if record.exc_info or record.exc_text or record.stack_info:
+        _add_exception(event, record)
+    if skip is _SKIP:
+        d["_agentuity_event"] = event
+    return event
+
+
+def _add_exception(event: dict[str, Any], record: logging.LogRecord) -> None:
+    d = record.__dict__
+    if record.exc_info:
+        exc = d.get("_agentuity_exc")
+        if exc is None:
+            exc = exception_info(record.exc_info)
+            d["_agentuity_exc"] = exc
+        if exc is not None:
+            event[EXCEPTION_KEY] = exc
+    elif record.exc_text:
+        event[EXCEPTION_KEY] = {"type": None, "message": None, "traceback": record.exc_text}
+    if record.stack_info:
+        event[STACK_KEY] = record.stack_info
+
+
+#: structlog method names and the stdlib levels they stand for.
+METHOD_LEVELS: Final[dict[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "log": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "err": logging.ERROR,
+    "exception": logging.ERROR,
+    "failure": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+_METHOD_NAMES: Final = {m: LEVEL_NAMES[n] for m, n in METHOD_LEVELS.items()}
+#: structlog keys that are not user fields.
+_STRUCTLOG_OWN: Final = frozenset(
+    {
+        "event",
+        "level",
+        "timestamp",
+        "logger",
+        "logger_name",
+        "exc_info",
+        "exception",
+        "stack_info",
+        "stack",
+        SESSION_KEY,
+        THREAD_KEY,
+        SPAN_KEY,
+        "_record",
+        "_from_structlog",
+    }
+)
+
+
+def event_from_structlog(
+    method_name: str, event_dict: Mapping[str, Any], created: float | None = None
+) -> dict[str, Any]:
+    """Build the schema dict for a structlog event (the keys ``event``, ``level``, ``logger``...).
+
+    structlog's own ``timestamp`` is replaced by ours so every path shares one time format; ``exc_info``
+    becomes the structured ``exception``; other keys are fields (renamed on a clash).
+    """
+    level = event_dict.get("level")
+    if not isinstance(level, str) or not level:
+        level = _METHOD_NAMES.get(method_name, "info")
+    else:
+        level = level.lower()
+        if level == "exception":
+            level = "error"
+    msg = event_dict.get("event")
+    event: dict[str, Any] = {
+        "timestamp": format_timestamp(time.time() if created is None else created),
+        "level": level,
+        "logger": str(event_dict.get("logger") or event_dict.get("logger_name") or "structlog"),
+        "message": msg if isinstance(msg, str) else ("" if msg is None else _as_text(msg)),
+    }
+    sid = event_dict.get(SESSION_KEY)
+    if sid is not None:
+        event[SESSION_KEY] = sid
+        event[THREAD_KEY] = event_dict.get(THREAD_KEY)
+    span = event_dict.get(SPAN_KEY)
+    if span is not None:
+        event[SPAN_KEY] = span
+    for key, value in event_dict.items():
+        if key in _STRUCTLOG_OWN:
+            continue
+        name = key if isinstance(key, str) else str(key)
+        if name in SCHEMA_KEYS:
+            name += "_"
+        event[name] = value
+    exc = event_dict.get("exc_info")
+    if exc:
+        if isinstance(exc, BaseException):
+            info = exception_info((type(exc), exc, exc.__traceback__))
+        elif isinstance(exc, tuple):
+            info = exception_info(exc)
+        else:
+            import sys
+
+            info = exception_info(sys.exc_info())
+        if info is not None:
+            event[EXCEPTION_KEY] = info
+    elif "exception" in event_dict:  # already rendered by format_exc_info / dict_tracebacks
+        rendered = event_dict["exception"]
+        event[EXCEPTION_KEY] = (
+            {"type": None, "message": None, "traceback": rendered} if isinstance(rendered, str) else rendered
+        )
+    stack = event_dict.get("stack")
+    if isinstance(stack, str):
+        event[STACK_KEY] = stack
+    elif event_dict.get("stack_info"):
+        event[STACK_KEY] = "Stack (most recent call last):\n" + "".join(traceback.format_stack()[:-2])
+    return event
+
+
+def _as_text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"

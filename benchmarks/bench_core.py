@@ -1,0 +1,266 @@
+"""Per-call cost of the core against the stdlib and the peers, measured interleaved in one run.
+
+Baseline A is a plain stdlib call: a logger at INFO, ``logging.Formatter()`` (the default), a
+``StreamHandler`` on an in-memory stream. Every other variant is printed as a ratio to A measured in the
+same rounds, so a noisy shared machine moves numerator and denominator together.
+
+Targets (issue 2): (a) stamping (configure()'s filter) + default formatter <= 1.06 A; (b) a JSON
+line with session context through our JsonFormatter <= 1.20 A; (c) our structlog path <= 1.10 of
+structlog's own merge_contextvars + JSONRenderer(orjson) + BytesLogger; (d) a call below the level
+through our logger
+<= 1.5 of the same stdlib call; (e) a child nested 10 deep within 5% of depth 1.
+
+Run: python benchmarks/bench_core.py [--rounds 15] [--calls 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import io
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from pythonjsonlogger.json import JsonFormatter as PjlJsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter as PjlOrjsonFormatter
+
+import agentuity_logging as al
+from agentuity_logging._config import outputs, unconfigure
+from agentuity_logging._stamping import SessionContextFilter, install_record_factory, uninstall_record_factory
+from agentuity_logging.stdlib import JsonFormatter
+
+Setup = Callable[[], tuple[Callable[[], None], Callable[[], None]]]
+
+
+class Sink(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+def _stdlib_logger(
+    name: str, formatter: logging.Formatter, *filters: Any
+) -> tuple[logging.Logger, logging.StreamHandler[Any]]:
+    handler = logging.StreamHandler(Sink())
+    handler.setFormatter(formatter)
+    for f in filters:
+        handler.addFilter(f)
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def _reset(handler: Any) -> Callable[[], None]:
+    """Give the handler a fresh in-memory stream before each round.
+
+    A fresh StringIO, not ``seek(0); truncate()``: after a truncate, StringIO copies every write into
+    a UCS-4 buffer (about 4 ns per character here), which would penalise longer JSON lines for a
+    reason no real file or pipe has.
+    """
+
+    def reset() -> None:
+        handler.stream = Sink()
+
+    return reset
+
+
+def plain() -> tuple[Callable[[], None], Callable[[], None]]:
+    logger, handler = _stdlib_logger("bench.plain", logging.Formatter())
+    return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def bare_context_filter() -> tuple[Callable[[], None], Callable[[], None]]:
+    """The reference point the issue names: a minimal contextvar filter, ~1.05 A."""
+    var: contextvars.ContextVar[str | None] = contextvars.ContextVar("bench_sid", default=None)
+    var.set("sess_x")
+
+    class Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.sid = var.get()
+            return True
+
+    logger, handler = _stdlib_logger("bench.barefilter", logging.Formatter(), Filter())
+    return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def ours_stamping_factory() -> tuple[Callable[[], None], Callable[[], None]]:
+    logger, handler = _stdlib_logger("bench.stamp", logging.Formatter())
+    return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def ours_stamping_filter() -> tuple[Callable[[], None], Callable[[], None]]:
+    logger, handler = _stdlib_logger("bench.stampfilter", logging.Formatter(), SessionContextFilter())
+    return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def ours_json() -> tuple[Callable[[], None], Callable[[], None]]:
+    logger, handler = _stdlib_logger("bench.json", JsonFormatter(), SessionContextFilter())
+    return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def pjl_json() -> tuple[Callable[[], None], Callable[[], None]]:
+    logger, handler = _stdlib_logger("bench.pjl", PjlJsonFormatter())
+    return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def pjl_orjson() -> tuple[Callable[[], None], Callable[[], None]]:
+    logger, handler = _stdlib_logger("bench.pjlorjson", PjlOrjsonFormatter())
+    return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def _structlog_pipeline(*extra: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+    bytes_logger = structlog.BytesLogger(io.BytesIO())
+    logger = structlog.wrap_logger(
+        bytes_logger,
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            *extra,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+    def reset() -> None:
+        out = io.BytesIO()
+        bytes_logger._file = out
+        bytes_logger._write = out.write
+        bytes_logger._flush = out.flush
+
+    return (lambda: logger.info("user logged in")), reset
+
+
+def structlog_baseline() -> tuple[Callable[[], None], Callable[[], None]]:
+    """The peer the issue names: merge_contextvars + JSONRenderer(orjson) + BytesLogger."""
+    return _structlog_pipeline()
+
+
+def structlog_with_time() -> tuple[Callable[[], None], Callable[[], None]]:
+    """The same with a level and an ISO timestamp, which our schema always carries."""
+    return _structlog_pipeline(
+        structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)
+    )
+
+
+def ours_structlog() -> tuple[Callable[[], None], Callable[[], None]]:
+    al.configure(format="json", stream=Sink(), level="INFO")
+    logger = structlog.get_logger("bench")
+    return (lambda: logger.info("user logged in")), _reset(outputs()[0])
+
+
+def stdlib_below_level() -> tuple[Callable[[], None], Callable[[], None]]:
+    logger, _ = _stdlib_logger("bench.below.std", logging.Formatter())
+    return (lambda: logger.debug("not shown")), lambda: None
+
+
+def ours_below_level() -> tuple[Callable[[], None], Callable[[], None]]:
+    _stdlib_logger("bench.below.ours", logging.Formatter())
+    logger = al.get_logger("bench.below.ours")
+    return (lambda: logger.debug("not shown")), lambda: None
+
+
+def ours_child(depth: int) -> Setup:
+    def setup() -> tuple[Callable[[], None], Callable[[], None]]:
+        _, handler = _stdlib_logger(f"bench.child{depth}", logging.Formatter(), SessionContextFilter())
+        logger = al.get_logger(f"bench.child{depth}")
+        for i in range(depth):
+            logger = logger.child(**{f"k{i}": i})
+        return (lambda: logger.info("user logged in")), _reset(handler)
+
+    return setup
+
+
+def import_time_ms() -> tuple[float, float]:
+    def run(code: str) -> float:
+        samples = []
+        for _ in range(7):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples) * 1000
+
+    return run("import logging"), run("import agentuity_logging")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--calls", type=int, default=5_000)
+    args = parser.parse_args()
+
+    # Everything runs inside one session, so stamping really copies IDs onto each record.
+    session = al.session()
+    session.__enter__()
+    try:
+        variants: dict[str, Setup] = {
+            "A  plain stdlib": plain,
+            "   bare context filter": bare_context_filter,
+            "(a) ours: stamping (configure's filter) + default Formatter": ours_stamping_filter,
+            "    ours: stamping (stamp_all_records factory) + default Formatter": ours_stamping_factory,
+            "(b) ours: JsonFormatter, session context": ours_json,
+            "    python-json-logger JsonFormatter": pjl_json,
+            "    python-json-logger OrjsonFormatter": pjl_orjson,
+            "S  structlog merge_contextvars+JSONRenderer(orjson)+BytesLogger": structlog_baseline,
+            "   structlog same + add_log_level + TimeStamper(iso, utc)": structlog_with_time,
+            "(c) ours: structlog direct path": ours_structlog,
+            "D  stdlib call below level": stdlib_below_level,
+            "(d) ours: call below level": ours_below_level,
+            "E1 ours: child depth 1": ours_child(1),
+            "(e) ours: child depth 10": ours_child(10),
+        }
+        # The plain, pjl and structlog-baseline variants must not be stamped: measure them without the
+        # record factory, and ours with it, in alternating rounds of the same run.
+        with_factory = {"    ours: stamping (stamp_all_records factory) + default Formatter"}
+        prepared = {name: setup() for name, setup in variants.items()}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, (call, reset) in prepared.items():
+                if name in with_factory:
+                    install_record_factory()
+                else:
+                    uninstall_record_factory()
+                reset()
+                start = time.perf_counter()
+                for _ in range(args.calls):
+                    call()
+                times[name].append((time.perf_counter() - start) / args.calls)
+    finally:
+        session.__exit__(None, None, None)
+        unconfigure()
+        uninstall_record_factory()
+
+    # Each variant's ratio is computed per round against its baseline measured in the same round, then
+    # the median over rounds is printed: drift in machine speed cancels out within a round.
+    def base_of(name: str) -> str:
+        if name.startswith(("(c)", "S")) or name.strip().startswith("structlog"):
+            return "S  structlog merge_contextvars+JSONRenderer(orjson)+BytesLogger"
+        if name.startswith(("(d)", "D ")):
+            return "D  stdlib call below level"
+        if name.startswith(("(e)", "E1")):
+            return "E1 ours: child depth 1"
+        return "A  plain stdlib"
+
+    print(f"{'variant':66} {'ns/call':>9}  ratio (median of per-round ratios)")
+    for name, values in times.items():
+        base = base_of(name)
+        ratios = [v / b for v, b in zip(values, times[base], strict=True)]
+        print(
+            f"{name:66} {statistics.median(values) * 1e9:9.0f}  {statistics.median(ratios):.3f} "
+            f"{base.split()[0]}"
+        )
+    std_ms, ours_ms = import_time_ms()
+    print(
+        f"\nimport time: python -c 'import logging' {std_ms:.1f} ms, "
+        f"'import agentuity_logging' {ours_ms:.1f} ms (+{ours_ms - std_ms:.1f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
