@@ -12,6 +12,8 @@ import structlog
 from agentuity_logging import _config, _context
 from agentuity_logging._stamping import uninstall_record_factory
 
+pytest_plugins = ["tests.fakes.fixtures"]
+
 
 
 @pytest.fixture(autouse=True)

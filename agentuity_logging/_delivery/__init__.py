@@ -1,0 +1,1 @@
+"""Background delivery: the engine, its disk spool, and the backends' wire protocols."""

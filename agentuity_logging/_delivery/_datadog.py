@@ -1,0 +1,227 @@
+"""Datadog HTTP logs intake v2: JSON arrays of log entries, gzip'd.
+
+Session and thread IDs stay custom attributes (searchable as ``@agentuitySessionId:…``),
+never tags: tags are for low-cardinality grouping. OpenTelemetry trace IDs are added as
+``dd.trace_id``/``dd.span_id`` in Datadog's decimal form so logs link to APM traces.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from agentuity_logging._delivery._protocol import (
+    Answer,
+    Outcome,
+    Request,
+    WireProtocol,
+    check_url,
+    dumps_safe,
+    fit_record,
+    gzip_bytes,
+    header_value,
+    level_name,
+    parse_retry_after,
+    safe_text,
+    trace_context,
+    validate_headers,
+)
+
+__all__ = ["DATADOG_SITES", "DatadogProtocol"]
+
+#: Sites with a logs intake at ``http-intake.logs.<site>``.
+DATADOG_SITES = (
+    "datadoghq.com",
+    "us3.datadoghq.com",
+    "us5.datadoghq.com",
+    "datadoghq.eu",
+    "ap1.datadoghq.com",
+    "ap2.datadoghq.com",
+    "uk1.datadoghq.com",
+    "ddog-gov.com",
+    "us2.ddog-gov.com",
+)
+MAX_ENTRIES = 1000
+MAX_PAYLOAD_BYTES = 5_000_000
+MAX_ENTRY_BYTES = 1_000_000
+
+_PATH = "/api/v2/logs"
+_LOW_64_BITS = (1 << 64) - 1
+_STATUS = {
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "error": "error",
+    "critical": "critical",
+}
+# Never cut by per-entry truncation: Datadog needs them to place and find the entry.
+_PROTECTED = frozenset(
+    {
+        "timestamp",
+        "level",
+        "logger",
+        "agentuitySessionId",
+        "agentuityThreadId",
+        "spanId",
+        "traceId",
+        "service",
+        "hostname",
+        "ddsource",
+        "ddtags",
+        "status",
+        "dd",
+    }
+)
+
+
+def _format_tags(tags: Mapping[str, str] | Iterable[str] | str | None) -> str | None:
+    """Render tags as Datadog's ``k:v,k:v``; a comma inside a tag would silently split it."""
+    if tags is None:
+        return None
+    if isinstance(tags, str):
+        items = [t.strip() for t in tags.split(",")]
+    elif isinstance(tags, Mapping):
+        items = [f"{k}:{v}" for k, v in tags.items()]
+    else:
+        items = [str(t) for t in tags]
+    for item in items:
+        if "," in item:
+            raise ValueError(f"Datadog tag {item!r} contains a comma; tags are 'key:value'")
+    return ",".join(i for i in items if i) or None
+
+
+def _error_message(body: bytes) -> str | bytes:
+    """Datadog's ``{"errors": [...]}`` as one line, or the raw body."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list) or not errors:
+        return body
+    parts = []
+    for error in errors:
+        if isinstance(error, dict):
+            title, detail = error.get("title"), error.get("detail")
+            parts.append(": ".join(str(p) for p in (title, detail) if p) or dumps_safe(error).decode())
+        else:
+            parts.append(str(error))
+    return "; ".join(parts)
+
+
+class DatadogProtocol(WireProtocol):
+    """Datadog logs intake v2 (``POST /api/v2/logs``).
+
+    Args:
+        api_key: the ``DD-API-KEY``; never shown in a repr, message or error.
+        site: Datadog site, one of ``DATADOG_SITES``.
+        url: intake base URL overriding ``site`` (a proxy, or a test server).
+        service: the ``service`` reserved attribute; defaults to the record's ``service``.
+        source: ``ddsource`` (selects Datadog's integration pipeline).
+        hostname: ``hostname``; defaults to this machine's name.
+        tags: ``ddtags`` as a mapping, a list of ``"k:v"`` or one ``"k:v,k:v"`` string.
+
+    Raises:
+        ValueError: missing key, unknown site, a bad URL or a tag containing a comma.
+    """
+
+    name = "datadog"
+    max_batch_records = MAX_ENTRIES
+    # The body adds brackets and a comma per entry to the records' own bytes.
+    max_batch_bytes = MAX_PAYLOAD_BYTES - MAX_ENTRIES - 1
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        site: str = "datadoghq.com",
+        url: str | None = None,
+        service: str | None = None,
+        source: str = "python",
+        hostname: str | None = None,
+        tags: Mapping[str, str] | Sequence[str] | str | None = None,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("Datadog needs an API key: pass api_key= (usually from DD_API_KEY)")
+        if site not in DATADOG_SITES:
+            raise ValueError(f"unknown Datadog site {site!r}; expected one of: {', '.join(DATADOG_SITES)}")
+        base = check_url(url, "Datadog url") if url is not None else f"https://http-intake.logs.{site}"
+        self.endpoint = base if base.endswith(_PATH) else base + _PATH
+        self.site = site
+        self.service = service
+        self.source = source
+        self.hostname = hostname or socket.gethostname()
+        self.ddtags = _format_tags(tags)
+        self._headers = validate_headers(
+            {
+                "DD-API-KEY": api_key.strip(),
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+            }
+        )
+
+    def _secrets(self) -> Iterable[str]:
+        return (self._headers["DD-API-KEY"],)
+
+    def prepare(self, event: dict[str, Any]) -> bytes:
+        """One intake entry: the event plus Datadog's reserved attributes, at most 1 MB."""
+        try:
+            entry = self._entry(event)
+        except Exception:
+            entry = {"message": safe_text(str(dumps_safe(event), "utf-8", "replace"))}
+        return fit_record(entry, MAX_ENTRY_BYTES, protected=_PROTECTED)
+
+    def _entry(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        entry = dict(event)
+        entry["ddsource"] = self.source
+        service = self.service or event.get("service")
+        if service is not None:
+            entry["service"] = service
+        entry["hostname"] = self.hostname
+        if self.ddtags:
+            entry["ddtags"] = self.ddtags
+        entry["status"] = _STATUS.get(level_name(event.get("level")), "info")
+        trace_id, span_id, _ = trace_context(event)
+        existing = entry.get("dd", {})
+        if (trace_id or span_id) and isinstance(existing, Mapping):
+            # Datadog correlates on the low 64 bits as an unsigned decimal, which also
+            # matches OpenTelemetry's 128-bit IDs; a 128-bit decimal would never match.
+            dd = dict(existing)
+            if trace_id:
+                dd["trace_id"] = str(int(trace_id, 16) & _LOW_64_BITS)
+            if span_id:
+                dd["span_id"] = str(int(span_id, 16))
+            entry["dd"] = dd
+        return entry
+
+    def encode(self, prepared: Sequence[bytes]) -> Request:
+        """A gzip'd JSON array of the entries (the engine keeps it within 1,000 and 5 MB)."""
+        parts = []
+        for record in prepared:
+            # A damaged spool record must not turn the whole array into a 400.
+            if record[:1] == b"{" and record[-1:] == b"}":
+                parts.append(record)
+            else:
+                parts.append(dumps_safe({"message": record.decode("utf-8", "replace")}))
+        body = b"[" + b",".join(parts) + b"]"
+        return Request("POST", self.endpoint, dict(self._headers), gzip_bytes(body), len(prepared))
+
+    def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> Answer:
+        """Datadog's rules: 400 drop, 401/403 stop, 413 split, 408/429/5xx retry."""
+        if 200 <= status < 300:
+            return Answer(Outcome.SENT)
+        message = self._message(_error_message(body)) or f"HTTP {status}"
+        if status in (401, 403):
+            return Answer(Outcome.AUTH, message=message)
+        if status == 413:
+            return Answer(Outcome.SPLIT, message=message)
+        if status in (408, 429) or 500 <= status < 600:
+            # The intake documents no Retry-After; its rate limits say when they reset.
+            delay = parse_retry_after(header_value(headers, "X-RateLimit-Reset"))
+            if delay is None:
+                delay = parse_retry_after(header_value(headers, "Retry-After"))
+            return Answer(Outcome.RETRY, retry_after_s=delay, message=message)
+        return Answer(Outcome.REFUSED, message=message)
