@@ -36,10 +36,10 @@ __all__ = [
     "add_output",
     "configure",
     "flush",
-    "shutdown",
     "logging_config",
     "outputs",
     "remove_output",
+    "shutdown",
 ]
 
 ENV_LOG_LEVEL: Final = "AGENTUITY_LOG_LEVEL"
@@ -282,7 +282,8 @@ def _shipping_outputs(
         for shipper in shippers:
             if not isinstance(shipper, Shipper):
                 raise ConfigurationError(
-                    f"ship_to: expected shippers from agentuity_logging.shipping, got {type(shipper).__name__}"
+                    "ship_to: expected shippers from agentuity_logging.shipping, "
+                    f"got {type(shipper).__name__}"
                 )
     return [ShippingHandler(shipper) for shipper in shippers]
 

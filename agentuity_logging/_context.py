@@ -27,7 +27,7 @@ from agentuity_logging._ids import (
     new_thread_id,
     validate_id,
 )
-from agentuity_logging._internal import report_once
+from agentuity_logging._internal import Listeners, report_once
 from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY, normalize_fields
 
 __all__ = [
@@ -360,41 +360,21 @@ class SessionListener(Protocol):
         """Called on exit, still inside the session's context, after ``success``/``ended_at`` are set."""
 
 
-_listeners: tuple[SessionListener, ...] = ()
-_listeners_lock = threading.Lock()
+_listeners: Final = Listeners[SessionListener]("session listener")
 
 
 def add_session_listener(listener: SessionListener) -> None:
     """Register ``listener`` (idempotent)."""
-    global _listeners
-    with _listeners_lock:
-        if listener not in _listeners:
-            _listeners = (*_listeners, listener)
+    _listeners.add(listener)
 
 
 def remove_session_listener(listener: SessionListener) -> None:
     """Unregister ``listener`` (no error if absent)."""
-    global _listeners
-    with _listeners_lock:
-        _listeners = tuple(x for x in _listeners if x is not listener)
-
-
-def _call_listener(listener: SessionListener, method: str, sess: Session) -> None:
-    try:
-        getattr(listener, method)(sess)
-    except Exception as exc:
-        report_once(
-            f"listener:{type(listener).__name__}.{method}",
-            "session listener %s.%s failed: %r",
-            type(listener).__name__,
-            method,
-            exc,
-        )
+    _listeners.remove(listener)
 
 
 def _notify(method: str, sess: Session) -> None:
-    for listener in _listeners:
-        _call_listener(listener, method, sess)
+    _listeners.notify(method, sess)
 
 
 def _is_cancelled(exc: BaseException) -> bool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Final
+from typing import Final, Generic, TypeVar
 
-__all__ = ["INTERNAL_LOGGER_NAME", "internal_logger", "problem_counts", "report_once"]
+T = TypeVar("T")
+
+__all__ = ["INTERNAL_LOGGER_NAME", "Listeners", "internal_logger", "problem_counts", "report_once"]
 
 INTERNAL_LOGGER_NAME: Final = "agentuity_logging.internal"
 internal_logger: Final = logging.getLogger(INTERNAL_LOGGER_NAME)
@@ -52,3 +54,38 @@ def problem_counts() -> dict[str, int]:
 def _reset_for_tests() -> None:
     with _lock:
         _counts.clear()
+
+
+class Listeners(Generic[T]):
+    """Objects told about lifecycle events (sessions, spans), kept in an immutable tuple.
+
+    Notifying reads the tuple without a lock, so registering never blocks a request; a listener that
+    raises is reported once and never breaks the application.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: tuple[T, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, listener: T) -> None:
+        """Register ``listener`` (idempotent)."""
+        with self._lock:
+            if listener not in self._items:
+                self._items = (*self._items, listener)
+
+    def remove(self, listener: T) -> None:
+        """Unregister ``listener`` (no error if absent)."""
+        with self._lock:
+            self._items = tuple(x for x in self._items if x is not listener)
+
+    def notify(self, method: str, subject: object) -> None:
+        """Call ``listener.<method>(subject)`` on each listener, containing their errors."""
+        for listener in self._items:
+            try:
+                getattr(listener, method)(subject)
+            except Exception as exc:
+                name = type(listener).__name__
+                report_once(
+                    f"{self.kind}:{name}.{method}", "%s %s.%s failed: %r", self.kind, name, method, exc
+                )

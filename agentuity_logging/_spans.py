@@ -15,10 +15,8 @@ pipeline to configure or to lose.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Token
@@ -28,7 +26,7 @@ from typing import Any, Final, ParamSpec, Protocol, TypeVar, overload
 from agentuity_logging._context import Snapshot, current_snapshot, reset_snapshot, set_snapshot
 from agentuity_logging._correlation import stamp_trace_context
 from agentuity_logging._ids import new_span_id
-from agentuity_logging._internal import report_once
+from agentuity_logging._internal import Listeners, report_once
 from agentuity_logging._records import SESSION_KEY, THREAD_KEY, format_timestamp, normalize_fields
 
 __all__ = [
@@ -160,41 +158,21 @@ class SpanListener(Protocol):
         """Called on exit, after the span's record was logged, before the span stops being current."""
 
 
-_listeners: tuple[SpanListener, ...] = ()
-_listeners_lock = threading.Lock()
+_listeners: Final = Listeners[SpanListener]("span listener")
 
 
 def add_span_listener(listener: SpanListener) -> None:
     """Register ``listener`` (idempotent)."""
-    global _listeners
-    with _listeners_lock:
-        if listener not in _listeners:
-            _listeners = (*_listeners, listener)
+    _listeners.add(listener)
 
 
 def remove_span_listener(listener: SpanListener) -> None:
     """Unregister ``listener`` (no error if absent)."""
-    global _listeners
-    with _listeners_lock:
-        _listeners = tuple(x for x in _listeners if x is not listener)
-
-
-def _call(listener: SpanListener, method: str, sp: Span) -> None:
-    try:
-        getattr(listener, method)(sp)
-    except Exception as exc:
-        report_once(
-            f"span-listener:{type(listener).__name__}.{method}",
-            "span listener %s.%s failed: %r",
-            type(listener).__name__,
-            method,
-            exc,
-        )
+    _listeners.remove(listener)
 
 
 def _notify(method: str, sp: Span) -> None:
-    for listener in _listeners:
-        _call(listener, method, sp)
+    _listeners.notify(method, sp)
 
 
 # --- the span record -----------------------------------------------------------------------------------
@@ -336,6 +314,8 @@ class span:  # noqa: N801 - used like a function: ``with span("llm"):``, ``@span
             if code is not None
             else ("(unknown file)", 0, getattr(fn, "__qualname__", "(unknown function)"))
         )
+        import inspect  # deferred: keeps `import agentuity_logging` light
+
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
