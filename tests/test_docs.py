@@ -22,7 +22,9 @@ def _blocks() -> list[tuple[str, int, str]]:
 
 
 @pytest.mark.parametrize(("page", "index", "code"), _blocks(), ids=lambda v: str(v)[:20])
-def test_doc_example_runs(page: str, index: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doc_example_runs(
+    page: str, index: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each ```python block of a runnable page executes without error."""
     monkeypatch.chdir(tmp_path)
     import logging

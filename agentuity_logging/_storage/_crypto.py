@@ -238,7 +238,7 @@ class Keyring:
         for cipher in candidates:
             try:
                 return cipher.decrypt(nonce, body, aad)
-            except InvalidTag:  # noqa: PERF203 - at most two keys share an ID; this loop is rare
+            except InvalidTag:
                 continue
         raise StateDecryptionError(
             thread_id,
