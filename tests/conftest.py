@@ -15,7 +15,6 @@ from agentuity_logging._stamping import uninstall_record_factory
 pytest_plugins = ["tests.fakes.fixtures"]
 
 
-
 @pytest.fixture(autouse=True)
 def _clean_logging() -> Iterator[None]:
     """Restore root handlers and level, the record factory, structlog, the context and os.environ."""
