@@ -109,6 +109,8 @@ def normalize_fields(fields: Mapping[Any, Any]) -> dict[str, Any]:
         name = key if isinstance(key, str) else str(key)
         if name in CLASHING_NAMES:
             name += "_"
+            while name in fields or name in out:  # the user also has "message_": keep both
+                name += "_"
         out[name] = value
     return out
 

@@ -149,8 +149,37 @@ class TestClashingNames:
         assert rec["level_"] == "fake"
         assert rec["timestamp_"] == 0
 
+    def test_a_renamed_field_does_not_overwrite_a_field_of_the_same_new_name(self, stream: JsonLines) -> None:
+        """message= and message_= in one call keep both values."""
+        al.get_logger("t").info("m", message="a", message_="b")
+        rec = stream.records()[0]
+        assert {rec["message__"], rec["message_"]} == {"a", "b"}
+
     def test_non_string_field_keys_in_nested_dicts(self, stream: JsonLines) -> None:
         """Nested dicts with non-string keys still render."""
         al.get_logger("t").info("m", counts={1: "a", (2, 3): "b"})
         rec = stream.records()[0]
         assert rec["counts"]["1"] == "a"
+
+
+class TestProperties:
+    @given(st.dictionaries(st.text(max_size=12), st.integers(), max_size=8))
+    def test_renaming_never_loses_a_field_and_never_clashes(self, fields: dict[str, int]) -> None:
+        """normalize_fields keeps every value and no resulting name is one the schema owns."""
+        from agentuity_logging._records import CLASHING_NAMES, normalize_fields
+
+        out = normalize_fields(fields)
+        assert sorted(out.values()) == sorted(fields.values())
+        assert not (set(out) & CLASHING_NAMES)
+
+    @given(st.text(max_size=200), st.text(max_size=50))
+    def test_console_lines_never_contain_control_characters(self, message: str, value: str) -> None:
+        """Whatever the message and field hold, a console record is one line without raw controls."""
+        from agentuity_logging.stdlib import ConsoleFormatter
+
+        fmt = ConsoleFormatter(colors=False)
+        line = fmt.format_event(
+            {"timestamp": "t", "level": "info", "logger": "l", "message": message, "v": value}
+        )
+        assert "\n" not in line
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in line)
