@@ -206,28 +206,33 @@ def event_from_record(record: logging.LogRecord, skip: frozenset[str] | set[str]
         "logger": record.name,
         "message": message,
     }
-    if len(d) > _N_STD:
+    extra = len(d) - _N_STD
+    if extra > 0:
         # Inlined rather than a helper: this runs for every record in a session.
         sid = d.get(SESSION_KEY)
         if sid is not None:
             event[SESSION_KEY] = sid
             event[THREAD_KEY] = d.get(THREAD_KEY)
+            extra -= 2
         span = d.get(SPAN_KEY)
         if span is not None:
             event[SPAN_KEY] = span
-        # LogRecord.__init__ sets its attributes first and in a known order, so fields (ours, `extra=`,
-        # a filter's) all come after them: skip the standard ones without looking at each.
-        items: Iterable[tuple[str, Any]] = (
-            islice(d.items(), _N_STD, None) if next(islice(d, _N_STD - 1, None)) == _LAST_STD else d.items()
-        )
-        for key, value in items:
-            if key not in skip:
-                event[key + "_" if key in SCHEMA_KEYS else key] = value
-        raw = d.get("_agentuity_raw")
-        if raw is not None:
-            # Top-level keys set verbatim by the package itself (a finished span's spanId, name,
-            # start...), which LogRecord attribute names would otherwise shadow.
-            event.update(raw)
+            extra -= 1
+        if extra > 0:  # something besides the IDs: fields, or attributes a formatter added
+            # LogRecord.__init__ sets its attributes first and in a known order, so fields (ours,
+            # `extra=`, a filter's) all come after them: skip the standard ones without looking.
+            standard_first = next(islice(d, _N_STD - 1, None)) == _LAST_STD
+            items: Iterable[tuple[str, Any]] = d.items()
+            if standard_first:
+                items = islice(items, _N_STD, None)
+            for key, value in items:
+                if key not in skip:
+                    event[key + "_" if key in SCHEMA_KEYS else key] = value
+            raw = d.get("_agentuity_raw")
+            if raw is not None:
+                # Top-level keys set verbatim by the package itself (a finished span's spanId, name,
+                # start...), which LogRecord attribute names would otherwise shadow.
+                event.update(raw)
     if record.exc_info or record.exc_text or record.stack_info:
         _add_exception(event, record)
     if skip is _SKIP:
