@@ -11,18 +11,14 @@ import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import IO, Any, Final, Literal
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 from agentuity_logging._context import ThreadRegistry, set_thread_registry
 from agentuity_logging._errors import ConfigurationError
-from agentuity_logging._formatting import (
-    ConsoleFormatter,
-    EventHandler,
-    JsonFormatter,
-    StreamOutput,
-    colors_wanted,
-)
 from agentuity_logging._internal import report_once
+
+if TYPE_CHECKING:
+    from agentuity_logging._formatting import EventHandler
 from agentuity_logging._stamping import (
     SessionContextFilter,
     install_record_factory,
@@ -106,6 +102,8 @@ def parse_level(value: object, *, source: str = "level") -> int:
 
 
 def _resolve_format(value: object, stream: IO[str]) -> Literal["json", "console"]:
+    from agentuity_logging._formatting import colors_wanted
+
     if value not in _FORMATS:
         raise ConfigurationError(f"format: expected one of {', '.join(_FORMATS)}, got {value!r}")
     if value == "auto":
@@ -192,6 +190,10 @@ def configure(
         from agentuity_logging._storage._registry import thread_registry_from_settings
 
         registry = thread_registry_from_settings(thread_store, state_key=state_key, ttl_s=thread_ttl_s)
+
+    # Imported here, not at module level: `import agentuity_logging` stays free of orjson and
+    # python-json-logger until something is configured.
+    from agentuity_logging._formatting import ConsoleFormatter, JsonFormatter, StreamOutput, colors_wanted
 
     formatter: logging.Formatter = (
         JsonFormatter(service=service)
