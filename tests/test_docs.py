@@ -9,7 +9,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # Pages whose examples are self-contained (no server, no cloud endpoint).
-RUNNABLE = ["quickstart.md", "concepts.md", "stdlib.md", "structlog.md", "state.md"]
+RUNNABLE = ["quickstart.md", "concepts.md", "stdlib.md", "structlog.md", "state.md", "store.md"]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
