@@ -20,12 +20,12 @@ from typing import Any
 
 from agentuity_logging._context import current_snapshot
 from agentuity_logging._correlation import stamp_trace_context
-from agentuity_logging._records import SESSION_KEY
 
 __all__ = ["SessionContextFilter", "install_record_factory", "uninstall_record_factory"]
 
 # Trace correlation costs two dict look-ups per record until a tracer library is imported.
 _modules = sys.modules
+_current = current_snapshot
 _OTEL = "opentelemetry.trace"
 _DDTRACE = "ddtrace"
 
@@ -39,10 +39,12 @@ class SessionContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Stamp ``record`` from the current context; always returns ``True``."""
-        snapshot = current_snapshot()
+        snapshot = _current()
         sid = snapshot.session_id
-        if sid is not None and SESSION_KEY not in record.__dict__:
-            # Plain attribute stores: cheaper than dict.update on a record's instance dict.
+        if sid is not None and getattr(record, "agentuitySessionId", None) is None:
+            # Never re-stamp: a record buffered (MemoryHandler) or handed across threads keeps the
+            # IDs of the session that created it. getattr and plain attribute stores, not
+            # record.__dict__: on CPython 3.11+ touching __dict__ materialises the instance dict.
             record.agentuitySessionId = sid
             record.agentuityThreadId = snapshot.thread_id
         if snapshot.rest:

@@ -99,6 +99,28 @@ class TestStamping:
         logger.info("x")
         assert "agentuitySessionId" not in _json(out)[0]
 
+    def test_a_buffered_record_keeps_the_ids_of_the_session_that_created_it(self) -> None:
+        """A MemoryHandler flushed inside a later session does not relabel earlier records."""
+        out = io.StringIO()
+        target = logging.StreamHandler(out)
+        target.setFormatter(JsonFormatter())
+        target.addFilter(SessionContextFilter())
+        buffer = logging.handlers.MemoryHandler(capacity=100, target=target)
+        buffer.addFilter(SessionContextFilter())
+        logger = logging.getLogger("test.buffered")
+        logger.handlers[:] = [buffer]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        try:
+            with al.session() as first:
+                logger.info("in the first request")
+            with al.session():
+                buffer.flush()
+        finally:
+            logger.handlers.clear()
+            buffer.close()
+        assert _json(out)[0]["agentuitySessionId"] == first.id
+
     def test_stamping_survives_a_queue_handler_hop(self) -> None:
         """Stamped on the logging thread, the IDs survive QueueHandler/QueueListener."""
         q: queue.Queue[logging.LogRecord] = queue.Queue()
