@@ -28,6 +28,7 @@ from agentuity_logging._inspection._sources import (
     SourceError,
     SourceOptions,
     UsageError,
+    remote_json,
 )
 from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY
 from agentuity_logging._storage._logstore import format_us, parse_timestamp_us
@@ -131,25 +132,13 @@ class DatadogSource(RecordSource):
         self._client.close()
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-
-        try:
-            response = self._client.post(self.base + _SEARCH_PATH, content=orjson.dumps(body))
-        except httpx.HTTPError as exc:
-            raise SourceError(f"cannot reach Datadog at {self.where}: {exc or type(exc).__name__}") from None
-        if response.status_code in (401, 403):
-            raise SourceError(
-                f"Datadog at {self.where} refused the API or application key (HTTP {response.status_code}): "
-                f"{_errors(response.content)}"
-            )
-        if response.status_code != 200:
-            raise SourceError(
-                f"Datadog at {self.where} answered HTTP {response.status_code}: {_errors(response.content)}"
-            )
-        try:
-            answer = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise SourceError(f"Datadog at {self.where} answered with something that is not JSON") from None
+        answer = remote_json(
+            lambda: self._client.post(self.base + _SEARCH_PATH, content=orjson.dumps(body)),
+            backend="Datadog",
+            where=self.where,
+            refused="the API or application key",
+            detail=lambda response: _errors(response.content),
+        )
         if not isinstance(answer, dict):
             raise SourceError(f"Datadog at {self.where} answered with an unexpected document")
         return answer

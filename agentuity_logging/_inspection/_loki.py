@@ -24,6 +24,7 @@ from agentuity_logging._inspection._sources import (
     SourceError,
     SourceOptions,
     UsageError,
+    remote_json,
 )
 from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY
 from agentuity_logging._storage._logstore import format_us
@@ -110,27 +111,17 @@ class LokiSource(RecordSource):
         self._client.close()
 
     def _get(self, params: dict[str, str]) -> dict[str, Any]:
-        import httpx
-
-        try:
-            response = self._client.get(self.base + _QUERY_PATH, params=params)
-        except httpx.HTTPError as exc:
-            raise SourceError(f"cannot reach Loki at {self.where}: {exc or type(exc).__name__}") from None
-        if response.status_code in (401, 403):
-            raise SourceError(
-                f"Loki at {self.where} refused the credentials (HTTP {response.status_code}): "
-                f"{_excerpt(response.text)}"
-            )
-        if response.status_code != 200:
-            raise SourceError(
-                f"Loki at {self.where} answered HTTP {response.status_code}: {_excerpt(response.text)}"
-            )
-        try:
-            answer = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise SourceError(f"Loki at {self.where} answered with something that is not JSON") from None
+        answer = remote_json(
+            lambda: self._client.get(self.base + _QUERY_PATH, params=params),
+            backend="Loki",
+            where=self.where,
+            refused="the credentials",
+            detail=lambda response: _excerpt(response.text),
+        )
         if not isinstance(answer, dict) or answer.get("status") != "success":
-            raise SourceError(f"Loki at {self.where} did not answer success: {_excerpt(response.text)}")
+            raise SourceError(
+                f"Loki at {self.where} did not answer success: {_excerpt(orjson.dumps(answer).decode())}"
+            )
         return answer
 
     def fetch(

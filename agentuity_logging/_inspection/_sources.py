@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
 from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY
 from agentuity_logging._storage._logstore import (
     LEVEL_NUMBERS,
@@ -62,6 +64,32 @@ Progress = Callable[[int], None]
 
 class SourceError(Exception):
     """The source could not answer: a backend down, credentials refused, a store unreadable (exit 3)."""
+
+
+def remote_json(
+    send: Callable[[], Any], *, backend: str, where: str, refused: str, detail: Callable[[Any], str]
+) -> Any:
+    """Send one request to a remote backend and return its JSON answer, or raise :class:`SourceError`.
+
+    One clear line for each way it can fail: unreachable, credentials refused (401/403), another
+    status, an answer that is not JSON. ``detail`` renders the error body; no URL secret is shown.
+    """
+    import httpx
+
+    try:
+        response = send()
+    except httpx.HTTPError as exc:
+        raise SourceError(f"cannot reach {backend} at {where}: {exc or type(exc).__name__}") from None
+    if response.status_code in (401, 403):
+        raise SourceError(
+            f"{backend} at {where} refused {refused} (HTTP {response.status_code}): {detail(response)}"
+        )
+    if response.status_code != 200:
+        raise SourceError(f"{backend} at {where} answered HTTP {response.status_code}: {detail(response)}")
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise SourceError(f"{backend} at {where} answered with something that is not JSON") from None
 
 
 class UsageError(Exception):
