@@ -370,6 +370,7 @@ class ShippingHandler(EventHandler):
         self._ignored: dict[str, bool] = {}
 
     def _remember(self, name: str) -> bool:
+        """Decide (once per logger name) whether records of ``name`` are ignored."""
         ignored = name in _IGNORED_LOGGERS or name.startswith(self.ignored_prefixes)
         if len(self._ignored) < 10_000:  # logger names are few; never let odd ones grow it forever
             self._ignored[name] = ignored

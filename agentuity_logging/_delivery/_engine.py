@@ -472,6 +472,18 @@ class DeliveryEngine:
         # Zero until the worker runs, so that the first record takes the path that starts it.
         self._wake_records = 0
         self._wake_bytes = 0
+        self._recompute_limits()
+
+    def _recompute_limits(self) -> None:
+        """Fold the worker's counts into the four numbers a log call compares against.
+
+        The hot path then reads one attribute per bound instead of two (called with the lock held,
+        or before the worker exists).
+        """
+        self._room_records = self._max_records - self._resident_records
+        self._room_bytes = self._max_bytes - self._resident_bytes
+        self._wake_at_records = self._wake_records - self._partial_records
+        self._wake_at_bytes = self._wake_bytes - self._partial_bytes
 
     # --- the application's side ----------------------------------------------------------
 
@@ -521,17 +533,11 @@ class DeliveryEngine:
         with self._lock:
             records = self._in_records + 1
             total = self._in_bytes + size
-            if (
-                records + self._resident_records <= self._max_records
-                and total + self._resident_bytes <= self._max_bytes
-            ):
+            if records <= self._room_records and total <= self._room_bytes:
                 self._incoming.append((payload, size, is_record))
                 self._in_records = records
                 self._in_bytes = total
-                if self._wake_sent or (
-                    records + self._partial_records < self._wake_records
-                    and total + self._partial_bytes < self._wake_bytes
-                ):
+                if self._wake_sent or (records < self._wake_at_records and total < self._wake_at_bytes):
                     return  # the common case: queued, no batch full yet
                 self._wake_sent = True
                 dropped = False
@@ -766,6 +772,7 @@ class DeliveryEngine:
             self._thread = thread
             self._wake_records = min(self._s.max_batch_records, self._s.max_queue_records)
             self._wake_bytes = min(self._s.max_batch_bytes, self._s.max_queue_bytes)
+            self._recompute_limits()
         atexit.register(self._close_at_exit)
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:
@@ -949,6 +956,7 @@ class DeliveryEngine:
                     self._held = refused
                     self._resident_records += len(refused)
                     self._resident_bytes += sum(map(len, refused))
+                self._recompute_limits()
                 if failed:
                     self._dropped["encode_error"] += failed
                     self._finished += failed
@@ -969,6 +977,7 @@ class DeliveryEngine:
                 self._held = held[accepted:]
                 self._resident_records -= accepted
                 self._resident_bytes -= sum(map(len, moved))
+                self._recompute_limits()
                 if self._waiting_producers:
                     self._space.notify_all()
         if self._held and self._store.pending == 0:
@@ -992,6 +1001,7 @@ class DeliveryEngine:
             self._held = refused[1:]
             self._resident_records -= 1
             self._resident_bytes -= len(record)
+            self._recompute_limits()
             self._dropped["too_large"] += 1
             self._finished += 1
             self._progress.notify_all()
@@ -1020,8 +1030,10 @@ class DeliveryEngine:
                 # Between batches of a burst, keep the queue moving so producers never see it full.
                 self._drain()
         finally:
-            self._partial_records = store.pending
-            self._partial_bytes = store.pending_bytes
+            with self._lock:
+                self._partial_records = store.pending
+                self._partial_bytes = store.pending_bytes
+                self._recompute_limits()
 
     def _deliver(self, batch: SpoolBatch) -> bool:
         """Send one batch (split on 413); whether it is finished (False: stopped, or paused)."""
@@ -1049,6 +1061,7 @@ class DeliveryEngine:
             if self._store is not self._spool:
                 self._resident_records -= end - start
                 self._resident_bytes -= sum(map(len, batch.records[start:end]))
+                self._recompute_limits()
             self._finished += end - start
             self._progress.notify_all()
             if self._waiting_producers:
@@ -1218,6 +1231,7 @@ class DeliveryEngine:
                 self._dropped["shutdown"] += lost
             self._in_records = self._in_bytes = 0
             self._resident_records = self._resident_bytes = 0
+            self._recompute_limits()
         if lost:
             report_once(
                 f"shutdown-loss:{self.name}",
