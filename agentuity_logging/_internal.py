@@ -8,6 +8,7 @@ of problem is said once per process; later occurrences only increment a counter.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from typing import Final, Generic, TypeVar
@@ -20,6 +21,16 @@ INTERNAL_LOGGER_NAME: Final = "agentuity_logging.internal"
 internal_logger: Final = logging.getLogger(INTERNAL_LOGGER_NAME)
 
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held the lock at fork time; in the child that thread is gone and the
+    # lock would stay held forever, deadlocking the child's first report.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _counts: Counter[str] = Counter()
 # Set while we report, so a handler that fails while handling our report does not report again.
 _guard = threading.local()

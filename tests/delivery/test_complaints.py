@@ -298,7 +298,10 @@ class TestComplaints:
                 if pid == 0:
                     code = 1
                     try:
-                        signal.alarm(10)  # a deadlocked child dies instead of hanging the test
+                        # A deadlocked child dies instead of hanging the test: the default action, not
+                        # pytest-timeout's Python handler, which a child stuck in C code never runs.
+                        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                        signal.alarm(10)
                         logger.info("child %d", n)
                         code = 0 if shipper.flush(10) else 2
                     finally:
