@@ -9,7 +9,6 @@ import datetime as dt
 import logging
 import logging.config
 import os
-import signal
 import socket
 import sys
 import threading
@@ -27,6 +26,7 @@ from agentuity_logging._records import format_timestamp
 from agentuity_logging.shipping import DatadogShipper, LokiShipper, ShippingHandler
 from agentuity_logging.stdlib import SessionContextFilter
 from tests.fakes import FakeDatadog, FakeLoki
+from tests.forking import child_deadline
 
 from .shipping_support import FAST_RETRY, ShipperFactory, attach, messages, shipper_factory
 
@@ -156,6 +156,7 @@ class TestComplaints:
         if pid == 0:
             code = 1
             try:
+                child_deadline()
                 logger.info("from the worker")
                 code = 0 if shipper.flush(10) else 2
             finally:
@@ -298,10 +299,7 @@ class TestComplaints:
                 if pid == 0:
                     code = 1
                     try:
-                        # A deadlocked child dies instead of hanging the test: the default action, not
-                        # pytest-timeout's Python handler, which a child stuck in C code never runs.
-                        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                        signal.alarm(10)
+                        child_deadline(10)
                         logger.info("child %d", n)
                         code = 0 if shipper.flush(10) else 2
                     finally:

@@ -16,6 +16,7 @@ import pytest
 from agentuity_logging import ConfigurationError
 from agentuity_logging.shipping import DatadogShipper
 from tests.fakes import FakeDatadog
+from tests.forking import child_deadline
 
 from .shipping_support import ShipperFactory, attach, messages, run_script, shipper_factory, start_script
 
@@ -57,6 +58,7 @@ def in_child(body: Callable[[], bool]) -> int:
     if pid == 0:
         code = 1
         try:
+            child_deadline()
             code = 0 if body() else 2
         finally:
             os._exit(code)

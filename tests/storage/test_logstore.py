@@ -30,6 +30,7 @@ from agentuity_logging._storage._logstore import (
     format_us,
     parse_timestamp_us,
 )
+from tests.forking import child_deadline
 
 
 @pytest.fixture
@@ -410,6 +411,7 @@ class TestFork:
             if pid == 0:  # pragma: no cover - the child
                 code = 1
                 try:
+                    child_deadline()
                     handler.emit_event(event("child"))
                     code = 0 if handler.flush(10) and handler.stats()["written"] == 1 else 3
                 finally:

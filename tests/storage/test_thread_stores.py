@@ -42,6 +42,7 @@ from agentuity_logging._storage._threads import (
 from agentuity_logging._storage._threads_memory import MemoryThreadStore
 from agentuity_logging._storage._threads_redis import RedisThreadStore
 from agentuity_logging._storage._threads_sqlite import SQLiteThreadStore
+from tests.forking import child_deadline
 
 KEY = generate_key()
 RING = Keyring(KEY)
@@ -922,6 +923,7 @@ class TestSQLiteSpecifics:
             if pid == 0:  # pragma: no cover - runs in the child
                 code = 1
                 try:
+                    child_deadline()
                     fresh = store._conn() is not parent_conn
                     store.update(tid, lambda c: ({}, {"n": 0 if c is None else c.state["n"] + 1}))
                     code = 0 if fresh else 2
