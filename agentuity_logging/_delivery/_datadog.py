@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 
 from agentuity_logging._delivery._protocol import (
+    SPAN_ID_KEYS,
+    TRACE_ID_KEYS,
     Answer,
     Outcome,
     Request,
@@ -57,6 +59,7 @@ _STATUS = {
     "error": "error",
     "critical": "critical",
 }
+_TRACE_KEYS = frozenset((*TRACE_ID_KEYS, *SPAN_ID_KEYS))
 # Never cut by per-entry truncation: Datadog needs them to place and find the entry.
 _PROTECTED = frozenset(
     {
@@ -183,7 +186,10 @@ class DatadogProtocol(WireProtocol):
         entry["hostname"] = self.hostname
         if self.ddtags:
             entry["ddtags"] = self.ddtags
-        entry["status"] = _STATUS.get(level_name(event.get("level")), "info")
+        level = event.get("level")
+        entry["status"] = _STATUS.get(level) or _STATUS.get(level_name(level), "info")  # type: ignore[arg-type]
+        if _TRACE_KEYS.isdisjoint(event):
+            return entry  # most records: no trace to correlate, skip parsing IDs
         trace_id, span_id, _ = trace_context(event)
         existing = entry.get("dd", {})
         if (trace_id or span_id) and isinstance(existing, Mapping):
