@@ -143,6 +143,7 @@ class TestComplaints:
         assert shipper.stats()["dropped"] == {}
         assert len({orjson.loads(e.line)["message"] for e in fake_loki.stored()}) == 800
 
+    @pytest.mark.forks
     @pytest.mark.skipif(sys.platform == "win32", reason="fork")
     def test_07_forked_workers_export(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> None:
         """A forked worker (gunicorn, multiprocessing) ships its own records."""
@@ -277,6 +278,7 @@ class TestComplaints:
         assert shipper.flush(5)
         assert [e["agentuitySessionId"] for e in fake_datadog.entries] == [session_id, session_id]
 
+    @pytest.mark.forks
     @pytest.mark.skipif(sys.platform == "win32", reason="fork")
     def test_14_frequent_forks_never_deadlock(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> None:
         """Forking ten times while another thread logs non-stop: every child ships and exits."""

@@ -175,6 +175,7 @@ class TestKilledProcess:
             process.communicate()
 
 
+@pytest.mark.forks
 class TestFork:
     def test_child_ships_its_own_records_and_never_the_parents(
         self, fake_datadog: FakeDatadog, make: ShipperFactory

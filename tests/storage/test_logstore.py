@@ -399,6 +399,7 @@ class TestHandler:
 class TestFork:
     """A forked child writes its own records and never the parent's."""
 
+    @pytest.mark.forks
     @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads running
     def test_child_starts_fresh(self, handler: LogStoreHandler) -> None:
         """Queued parent records are written once (by the parent); the child's by the child."""

@@ -908,6 +908,7 @@ class TestSQLiteSpecifics:
             ).fetchall()
             assert any("thread_record_metadata_kv" in str(row) for row in plan)
 
+    @pytest.mark.forks
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
     def test_forked_child_opens_its_own_connection(self, tmp_path: Path) -> None:
         """A child forked after the parent used the store writes through a fresh connection."""
