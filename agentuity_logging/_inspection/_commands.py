@@ -66,22 +66,24 @@ def _fail(code: int, message: str) -> ExitError:
 # --- option parsing ---------------------------------------------------------------------------------
 
 
-def _session_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return validate_session_id(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+def _id_callback(
+    validate: Callable[[object], str],
+) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback running one of ``_ids``' validators: a bad ID is a usage error (exit 2)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+    return callback
 
 
-def _thread_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return validate_thread_id(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+_session_id = _id_callback(validate_session_id)
+_thread_id = _id_callback(validate_thread_id)
 
 
 def _iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
