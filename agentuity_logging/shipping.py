@@ -419,6 +419,10 @@ class ShippingHandler(EventHandler):
         """
         self.shipper._engine.nudge()
 
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until the shipper delivered (or finally refused) everything; ``agentuity_logging.flush()``."""
+        return self.shipper.flush(timeout_s)
+
     def close(self) -> None:
         """Detach from the logging module; the shipper keeps running (see the class docs)."""
         super().close()

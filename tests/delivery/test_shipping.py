@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.config
 import sys
@@ -399,6 +400,19 @@ class TestShippingHandler:
         fake_datadog.slow_next(1, seconds=1.0)
         logger.handlers[0].flush()
         assert fake_datadog.wait_for(lambda: len(fake_datadog.entries) == 1, timeout_s=5)
+
+    def test_package_flush_waits_for_configured_shippers(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """agentuity_logging.flush() returns once configure(ship_to=...)'s shippers delivered."""
+        import agentuity_logging as al
+
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url, flush_interval_s=60)
+        al.configure(format="json", stream=io.StringIO(), ship_to=[shipper])
+        logging.getLogger("app").warning("delivered before flush returns")
+        fake_datadog.slow_next(1, seconds=0.5)
+        assert al.flush(10)
+        assert messages(fake_datadog.entries) == ["delivered before flush returns"]
 
     def test_level_applies_to_structlog_events(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> None:
         """Events below the handler's level are not shipped."""
