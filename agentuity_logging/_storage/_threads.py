@@ -107,6 +107,36 @@ class Record:
     state: bytes | None
 
 
+def successor(
+    thread_id: str,
+    old: tuple[int, float, float] | None,
+    *,
+    expected_version: int,
+    now: float,
+    expires_at: float,
+    metadata: bytes,
+    state: bytes | None,
+) -> Record | None:
+    """The record a compare-and-set save writes over ``old`` (version, created_at, expires_at).
+
+    ``None`` when ``expected_version`` does not match. Live records have versions from 1, so 0 matches
+    exactly "absent or expired"; counting on past an expired record keeps a stale writer's version
+    from matching again. Every backend applies this one rule inside its own atomic section.
+    """
+    live = old is not None and old[2] > now
+    if (old[0] if live and old is not None else 0) != expected_version:
+        return None
+    return Record(
+        thread_id=thread_id,
+        version=(old[0] if old is not None else 0) + 1,
+        created_at=old[1] if live and old is not None else now,
+        updated_at=now,
+        expires_at=expires_at,
+        metadata=metadata,
+        state=state,
+    )
+
+
 def index_value(value: Any) -> str | None:
     """Return the text a metadata value is indexed (and filtered) under, or ``None`` if not indexed.
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Final
 
 from agentuity_logging._context import DEFAULT_THREAD_TTL_S
-from agentuity_logging._storage._threads import Record, ThreadStore
+from agentuity_logging._storage._threads import Record, ThreadStore, successor
 
 __all__ = ["MemoryThreadStore"]
 
@@ -53,20 +53,17 @@ class MemoryThreadStore(ThreadStore):
     ) -> Record | None:
         with self._lock:
             old = self._records.get(thread_id)
-            live = old if old is not None and old.expires_at > now else None
-            # Live records have versions from 1, so "0" matches exactly "absent or expired".
-            if (0 if live is None else live.version) != expected_version:
-                return None
-            record = Record(
-                thread_id=thread_id,
-                # Counting on past an expired record keeps a stale writer's version from matching again.
-                version=(old.version if old is not None else 0) + 1,
-                created_at=now if live is None else live.created_at,
-                updated_at=now,
+            record = successor(
+                thread_id,
+                None if old is None else (old.version, old.created_at, old.expires_at),
+                expected_version=expected_version,
+                now=now,
                 expires_at=expires_at,
                 metadata=metadata,
                 state=state,
             )
+            if record is None:
+                return None
             self._records[thread_id] = record
             self._index[thread_id] = index
             self._writes += 1

@@ -32,6 +32,7 @@ from agentuity_logging._storage._threads import (
     ThreadStore,
     ThreadStoreError,
     index_pairs,
+    successor,
 )
 
 __all__ = ["RedisThreadStore"]
@@ -152,19 +153,17 @@ class RedisThreadStore(ThreadStore):
                     pipe.watch(key)
                     raw = pipe.hgetall(key)
                     old = self._decode(thread_id, raw) if raw else None
-                    live = old if old is not None and old.expires_at > now else None
-                    # Live records have versions from 1, so "0" matches exactly "absent or expired".
-                    if (0 if live is None else live.version) != expected_version:
-                        return None
-                    record = Record(
-                        thread_id=thread_id,
-                        version=(old.version if old is not None else 0) + 1,
-                        created_at=now if live is None else live.created_at,
-                        updated_at=now,
+                    record = successor(
+                        thread_id,
+                        None if old is None else (old.version, old.created_at, old.expires_at),
+                        expected_version=expected_version,
+                        now=now,
                         expires_at=expires_at,
                         metadata=metadata,
                         state=state,
                     )
+                    if record is None:
+                        return None
                     old_index = (
                         {self._index_key(k, v) for k, v in index_pairs(orjson.loads(old.metadata))}
                         if old is not None

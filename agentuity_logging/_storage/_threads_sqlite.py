@@ -24,7 +24,7 @@ from typing import Final
 
 from agentuity_logging._context import DEFAULT_THREAD_TTL_S
 from agentuity_logging._storage._crypto import Keyring
-from agentuity_logging._storage._threads import Record, ThreadStore, ThreadStoreError
+from agentuity_logging._storage._threads import Record, ThreadStore, ThreadStoreError, successor
 
 __all__ = ["SQLiteThreadStore"]
 
@@ -181,20 +181,17 @@ class SQLiteThreadStore(ThreadStore):
                 "SELECT version, created_at, expires_at FROM thread_records WHERE thread_id = ?",
                 (thread_id,),
             ).fetchone()
-            live = row is not None and row[2] > now
-            # Live records have versions from 1, so "0" matches exactly "absent or expired".
-            if (row[0] if live else 0) != expected_version:
-                return None
-            record = Record(
-                thread_id=thread_id,
-                # Counting on past an expired row keeps a stale writer's version from matching again.
-                version=(row[0] if row is not None else 0) + 1,
-                created_at=row[1] if live else now,
-                updated_at=now,
+            record = successor(
+                thread_id,
+                None if row is None else (row[0], row[1], row[2]),
+                expected_version=expected_version,
+                now=now,
                 expires_at=expires_at,
                 metadata=metadata,
                 state=state,
             )
+            if record is None:
+                return None
             conn.execute(
                 "INSERT OR REPLACE INTO thread_records"
                 " (thread_id, version, created_at, updated_at, expires_at, metadata, state)"
