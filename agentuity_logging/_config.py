@@ -331,11 +331,6 @@ def shutdown(timeout_s: float | None = 5.0) -> bool:
     return ok
 
 
-def is_configured() -> bool:
-    """Return whether ``configure()`` is in effect."""
-    return bool(_installed)
-
-
 def unconfigure() -> None:
     """Undo ``configure()``: remove its outputs, its record factory and its structlog wiring."""
     global _installed, _outputs, _structlog_wired

@@ -12,7 +12,6 @@ import contextvars
 import functools
 import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar, Token
@@ -549,8 +548,3 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
         """Schedule ``fn(*args, **kwargs)`` in a copy of the submitter's context."""
         ctx = contextvars.copy_context()
         return super().submit(ctx.run, fn, *args, **kwargs)  # type: ignore[arg-type]
-
-
-def monotonic_ms() -> float:
-    """Milliseconds from a monotonic clock (durations)."""
-    return time.perf_counter() * 1000.0

@@ -25,7 +25,6 @@ __all__ = [
 
 SESSION_PREFIX: Final = "sess_"
 THREAD_PREFIX: Final = "thrd_"
-SPAN_PREFIX: Final = "span_"
 MAX_ID_LENGTH: Final = 128
 
 _ALLOWED = re.compile(r"[A-Za-z0-9_-]+")

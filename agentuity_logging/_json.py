@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["MAX_STRING_CHARS", "OPTIONS", "dumps", "dumps_str", "make_default", "safe_default", "sanitize"]
+__all__ = ["MAX_STRING_CHARS", "OPTIONS", "dumps", "make_default", "safe_default", "sanitize"]
 
 #: Strings longer than this are cut (with a marker) when a line must be made safe.
 MAX_STRING_CHARS: Final = 65_536
@@ -155,8 +155,3 @@ def dumps(event: Mapping[str, Any], default: Callable[[Any], Any] | None = None)
         return orjson.dumps(clean, default=fallback, option=_OPTIONS)
     except Exception:
         return orjson.dumps(sanitize(clean, fallback), option=_OPTIONS)
-
-
-def dumps_str(event: Mapping[str, Any], default: Callable[[Any], Any] | None = None) -> str:
-    """Like :func:`dumps`, decoded to ``str``."""
-    return dumps(event, default).decode("utf-8")
