@@ -16,6 +16,7 @@ Everything here is on the hot path of a log call: keep it lean and never let it 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "format_timestamp",
     "normalize_fields",
     "record_message",
+    "timestamp_us",
 ]
 
 SESSION_KEY: Final = "agentuitySessionId"
@@ -60,6 +62,7 @@ SCHEMA_KEYS: Final = frozenset(
     }
 )
 
+_LogRecord: Final = logging.LogRecord
 _PROBE = logging.LogRecord("probe", logging.INFO, __file__, 0, "", None, None)
 #: The attributes every ``LogRecord`` has, in the order ``LogRecord.__init__`` sets them.
 _STD_KEYS: Final = tuple(_PROBE.__dict__)
@@ -115,29 +118,50 @@ def normalize_fields(fields: Mapping[Any, Any]) -> dict[str, Any]:
     return out
 
 
-# The date-and-seconds prefix of the last second formatted, re-derived once per second. Threads may race on
-# the pair; the tuple is replaced whole, so a reader sees a consistent (second, prefix) or misses the cache.
-_ts_cache: tuple[int, str] = (-1, "")
-
+# The start of the last second formatted (as a float) and its date-and-seconds prefix, re-derived once per
+# second. Threads may race on the pair; the tuple is replaced whole, so a reader sees a consistent pair.
+_ts_cache: tuple[float, str] = (-2.0, "")
 
 _DIGITS3: Final = tuple(f"{i:03d}" for i in range(1000))
+_DIGITS3Z: Final = tuple(f"{i:03d}Z" for i in range(1000))
+
+
+def _new_second(created: float) -> tuple[float, str]:
+    global _ts_cache
+    second = math.floor(created)
+    _ts_cache = (float(second), time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)))
+    return _ts_cache
 
 
 def format_timestamp(created: float) -> str:
     """Format epoch seconds as RFC 3339 UTC with microseconds: ``2026-11-25T10:44:59.123456Z``.
 
-    On the hot path of every record: the date part is derived once per second, the fraction is two
-    table look-ups (about twice as fast as ``f"{micros:06d}"``).
+    On the hot path of every record, so the arithmetic stays in small integers: the offset into the
+    cached second is exact (both floats are close), and the fraction is two table look-ups.
     """
-    global _ts_cache
-    total = int(created * 1_000_000)
-    second = total // 1_000_000
-    micros = total - second * 1_000_000
-    cached_second, prefix = _ts_cache
-    if second != cached_second:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        _ts_cache = (second, prefix)
-    return prefix + _DIGITS3[micros // 1000] + _DIGITS3[micros % 1000] + "Z"
+    start, prefix = _ts_cache
+    frac = created - start
+    if 0.0 <= frac < _LAST_US:  # (the same test is inlined in event_from_record)
+        us = int(frac * 1_000_000)
+    else:
+        start, prefix = _new_second(created)
+        us = _micros(created - start)
+    return prefix + _DIGITS3[us // 1000] + _DIGITS3Z[us % 1000]
+
+
+#: Offsets below this map to microseconds 0..999_998 without rounding up to the next second.
+_LAST_US: Final = 0.999_999
+
+
+def _micros(frac: float) -> int:
+    # Near 1.0 the product can round up to 1_000_000 (possible only for times close to the epoch).
+    return min(int(frac * 1_000_000), 999_999)
+
+
+def timestamp_us(created: float) -> int:
+    """Return the microseconds since the epoch that :func:`format_timestamp` renders for ``created``."""
+    second = math.floor(created)
+    return second * 1_000_000 + _micros(created - second)
 
 
 def record_message(record: logging.LogRecord) -> str:
@@ -196,43 +220,53 @@ def event_from_record(record: logging.LogRecord, skip: frozenset[str] | set[str]
         cached = d.get("_agentuity_event")
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-    try:
-        message = record.getMessage()
-    except Exception:
+    # Inlined (message, level, timestamp), with literal keys: this runs for every record.
+    msg = record.msg
+    if msg.__class__ is str and not record.args and record.__class__ is _LogRecord:
+        message = msg  # what LogRecord.getMessage() returns; a subclass may override it
+    else:
         message = record_message(record)
-    event: dict[str, Any] = {
-        "timestamp": format_timestamp(record.created),
-        "level": LEVEL_NAMES.get(record.levelno) or level_name(record.levelno, record.levelname),
-        "logger": record.name,
-        "message": message,
-    }
+    try:
+        level = LEVEL_NAMES[record.levelno]
+    except KeyError:
+        level = level_name(record.levelno, record.levelname)
+    created = record.created
+    start, prefix = _ts_cache
+    frac = created - start
+    if 0.0 <= frac < _LAST_US:
+        us = int(frac * 1_000_000)
+        stamp = prefix + _DIGITS3[us // 1000] + _DIGITS3Z[us % 1000]
+    else:
+        stamp = format_timestamp(created)
+    event: dict[str, Any] = {"timestamp": stamp, "level": level, "logger": record.name, "message": message}
     extra = len(d) - _N_STD
     if extra > 0:
         # Inlined rather than a helper: this runs for every record in a session.
-        sid = d.get(SESSION_KEY)
+        sid = d.get("agentuitySessionId")
         if sid is not None:
-            event[SESSION_KEY] = sid
-            event[THREAD_KEY] = d.get(THREAD_KEY)
+            event["agentuitySessionId"] = sid
+            event["agentuityThreadId"] = d.get("agentuityThreadId")
             extra -= 2
-        span = d.get(SPAN_KEY)
-        if span is not None:
-            event[SPAN_KEY] = span
-            extra -= 1
-        if extra > 0:  # something besides the IDs: fields, or attributes a formatter added
-            # LogRecord.__init__ sets its attributes first and in a known order, so fields (ours,
-            # `extra=`, a filter's) all come after them: skip the standard ones without looking.
-            standard_first = next(islice(d, _N_STD - 1, None)) == _LAST_STD
-            items: Iterable[tuple[str, Any]] = d.items()
-            if standard_first:
-                items = islice(items, _N_STD, None)
-            for key, value in items:
-                if key not in skip:
-                    event[key + "_" if key in SCHEMA_KEYS else key] = value
-            raw = d.get("_agentuity_raw")
-            if raw is not None:
-                # Top-level keys set verbatim by the package itself (a finished span's spanId, name,
-                # start...), which LogRecord attribute names would otherwise shadow.
-                event.update(raw)
+        if extra > 0:  # something besides the IDs: a span, fields, attributes a formatter added
+            span = d.get("spanId")
+            if span is not None:
+                event["spanId"] = span
+                extra -= 1
+            if extra > 0:  # fields, or attributes a formatter added
+                # LogRecord.__init__ sets its attributes first and in a known order, so fields (ours,
+                # `extra=`, a filter's) all come after them: skip the standard ones without looking.
+                standard_first = next(islice(d, _N_STD - 1, None)) == _LAST_STD
+                items: Iterable[tuple[str, Any]] = d.items()
+                if standard_first:
+                    items = islice(items, _N_STD, None)
+                for key, value in items:
+                    if key not in skip:
+                        event[key + "_" if key in SCHEMA_KEYS else key] = value
+                raw = d.get("_agentuity_raw")
+                if raw is not None:
+                    # Top-level keys set verbatim by the package itself (a finished span's spanId, name,
+                    # start...), which LogRecord attribute names would otherwise shadow.
+                    event.update(raw)
     if record.exc_info or record.exc_text or record.stack_info:
         _add_exception(event, record)
     if skip is _SKIP:

@@ -50,7 +50,7 @@ from agentuity_logging._context import Session, Thread, add_session_listener
 from agentuity_logging._formatting import EventHandler
 from agentuity_logging._internal import report_once
 from agentuity_logging._json import dumps, safe_default
-from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY, event_from_record
+from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY, event_from_record, timestamp_us
 from agentuity_logging._spans import SPAN_LOGGER_NAME
 
 __all__ = [
@@ -657,9 +657,9 @@ class LogStore:
             if isinstance(item, logging.LogRecord):
                 try:
                     event = event_from_record(item)
-                    # The builder's own arithmetic (``format_timestamp``): the stored time renders back
+                    # The builder's own arithmetic (``timestamp_us``): the stored time renders back
                     # to exactly the record's timestamp text (a test holds the two together).
-                    ts = int(item.created * _US)
+                    ts = timestamp_us(item.created)
                 except Exception as exc:
                     report_once("logstore-bad-record", "log store: a record could not be read: %r", exc)
                     continue
