@@ -32,6 +32,7 @@ __all__ = [
     "SCHEMA_KEYS",
     "SESSION_KEY",
     "SPAN_KEY",
+    "STRUCTLOG_KEYS",
     "THREAD_KEY",
     "event_from_record",
     "exception_info",
@@ -324,6 +325,7 @@ _STRUCTLOG_OWN: Final = frozenset(
         "_from_structlog",
     }
 )
+STRUCTLOG_KEYS: Final = _STRUCTLOG_OWN
 
 
 def event_from_structlog(

@@ -15,16 +15,28 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import structlog as _structlog
 
 from agentuity_logging._context import current_snapshot
 from agentuity_logging._correlation import stamp_trace_context
 from agentuity_logging._formatting import with_service
+from agentuity_logging._internal import report_once
 from agentuity_logging._json import dumps
-from agentuity_logging._records import METHOD_LEVELS, event_from_structlog
+from agentuity_logging._records import (
+    LEVEL_NAMES,
+    METHOD_LEVELS,
+    SCHEMA_KEYS,
+    SESSION_KEY,
+    SPAN_KEY,
+    STRUCTLOG_KEYS,
+    THREAD_KEY,
+    event_from_structlog,
+    format_timestamp,
+)
 
 __all__ = [
     "BoundLogger",
@@ -37,6 +49,7 @@ __all__ = [
 _modules = sys.modules
 _OTEL = "opentelemetry.trace"
 _DDTRACE = "ddtrace"
+_time = time.time
 
 
 def add_session_context(
@@ -98,6 +111,10 @@ def _render_to_outputs(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Last processor of the direct path: build the schema event and the level for the outputs."""
+    return (_schema_event(logger, method_name, event_dict), METHOD_LEVELS.get(method_name, logging.INFO)), {}
+
+
+def _schema_event(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     if "logger" not in event_dict:
         name = getattr(logger, "name", None)
         if name is not None:
@@ -109,7 +126,122 @@ def _render_to_outputs(
                 event_dict[key] = value
     if _OTEL in _modules or _DDTRACE in _modules:
         stamp_trace_context(event_dict)
-    return (event_from_structlog(method_name, event_dict), METHOD_LEVELS.get(method_name, logging.INFO)), {}
+    return event_from_structlog(method_name, event_dict)
+
+
+#: The processor chain configure() installs; while structlog still runs it, loggers take the direct methods.
+_CHAIN: list[Any] = [_structlog.contextvars.merge_contextvars, _render_to_outputs]
+#: structlog's registry of its context variables: while it is empty, merge_contextvars has nothing to add.
+_STRUCTLOG_VARS: Mapping[str, Any] | None = getattr(_structlog.contextvars, "_CONTEXT_VARS", None)
+#: Bound field names structlog's own keys would shadow: events carrying one take structlog's general path.
+_STRUCTLOG_ONLY: Final = frozenset({"event", "logger_name", "_record", "_from_structlog"})
+_merge = _structlog.contextvars.merge_contextvars
+#: Keys that make an event take the general path: structlog's own and our schema's.
+_SPECIAL: Final = STRUCTLOG_KEYS | SCHEMA_KEYS
+
+
+def _interpolate(event: Any, args: tuple[Any, ...]) -> Any:
+    """structlog's positional ``%`` interpolation of the event (a lone non-empty mapping is used by name)."""
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        return event % args[0]
+    return event % args
+
+
+def _direct_event(
+    context: Mapping[str, Any], kw: Mapping[str, Any], event: Any, level: str, name: str | None
+) -> dict[str, Any] | None:
+    """The schema event configure()'s chain would build, or ``None`` when a key needs that chain.
+
+    Same keys, values and order: IDs, span, the logger's bound context, the call's keywords,
+    structlog's context variables, then ``bound()`` fields that none of those named.
+    """
+    if event.__class__ is not str or _STRUCTLOG_VARS is None:
+        return None
+    snapshot = current_snapshot()
+    out: dict[str, Any] = {
+        "timestamp": format_timestamp(_time()),
+        "level": level,
+        "logger": name or "structlog",
+        "message": event,
+    }
+    sid = snapshot.session_id
+    if sid is not None:
+        out[SESSION_KEY] = sid
+        out[THREAD_KEY] = snapshot.thread_id
+    rest = snapshot.rest
+    if rest:
+        span = rest.get(SPAN_KEY)
+        if span is not None:
+            out[SPAN_KEY] = span
+    if context:
+        if "logger" in context:  # get_logger(name) binds it: it names the logger, it is no field
+            bound_name = context["logger"]
+            if not bound_name:
+                return None
+            out["logger"] = str(bound_name)
+            if len(context) > 1:
+                if not _SPECIAL.isdisjoint(context.keys() - {"logger"}):
+                    return None
+                out.update({k: v for k, v in context.items() if k != "logger"})
+        elif not _SPECIAL.isdisjoint(context):
+            return None
+        else:
+            out.update(context)
+    if kw:
+        if not _SPECIAL.isdisjoint(kw):
+            return None
+        out.update(kw)
+    if _STRUCTLOG_VARS:  # something was bound with bind_contextvars at some point
+        merged = _merge(None, "", {})
+        if merged:
+            if not _SPECIAL.isdisjoint(merged):
+                return None
+            for key, value in merged.items():
+                if key not in out:
+                    out[key] = value
+    if rest:
+        if not _STRUCTLOG_ONLY.isdisjoint(rest):
+            return None
+        for key, value in rest.items():
+            if key not in out:
+                out[key] = value
+    if _OTEL in _modules or _DDTRACE in _modules:
+        stamp_trace_context(out)
+    return out
+
+
+def _direct_method(method_name: str, levelno: int) -> Callable[..., None]:
+    """A log method that does what configure()'s processor chain does, without structlog's dispatch.
+
+    Equivalent to ``merge_contextvars`` + ``_render_to_outputs`` + ``_Dispatch`` (a test holds the two
+    paths to the same output). A call with only a message, in a context whose bound fields structlog
+    would not treat specially, skips the intermediate event dict altogether.
+    """
+    level_text = LEVEL_NAMES[levelno]
+
+    def method(self: Any, event: Any = None, *args: Any, **kw: Any) -> None:
+        dispatch = self._logger
+        if self._processors is not _CHAIN or dispatch.__class__ is not _Dispatch:
+            # structlog was reconfigured (or this logger wraps another one): its way, untouched.
+            self._proxy_to_logger(method_name, _interpolate(event, args) if args else event, **kw)
+            return
+        try:
+            if args:
+                event = _interpolate(event, args)
+            out = _direct_event(self._context, kw, event, level_text, dispatch.name)
+            if out is None:  # a key structlog treats specially: its general path
+                event_dict = self._context.copy()
+                event_dict.update(kw)
+                if event is not None:
+                    event_dict["event"] = event
+                out = _schema_event(dispatch, method_name, _merge(dispatch, method_name, event_dict))
+            for handler in dispatch._handlers():
+                handler.handle_event(out, levelno)
+        except Exception as exc:
+            report_once("structlog-direct", "a structlog event could not be rendered: %r", exc)
+
+    method.__name__ = method_name
+    return method
 
 
 class BoundLogger(_structlog.BoundLoggerBase):
@@ -120,10 +252,21 @@ class BoundLogger(_structlog.BoundLoggerBase):
         return self.bind(**fields)
 
 
-def make_bound_logger_class(level: int) -> type[Any]:
-    """Return structlog's filtering bound logger for ``level`` with our ``child()`` added."""
+def make_bound_logger_class(level: int, *, direct: bool = False) -> type[Any]:
+    """Return structlog's filtering bound logger for ``level`` with our ``child()`` added.
+
+    ``direct=True`` (configure()'s wiring) also replaces the enabled level methods with ones that hand
+    events straight to the outputs while structlog runs configure()'s processor chain.
+    """
     base = _structlog.make_filtering_bound_logger(level)
-    return type("AgentuityBoundLogger", (base,), {"child": BoundLogger.child})
+    namespace: dict[str, Any] = {"child": BoundLogger.child}
+    if direct:
+        for method_name, levelno in METHOD_LEVELS.items():
+            # Only the methods structlog's own class has (not "err" or "failure"); "exception" and "log"
+            # stay structlog's, which call into these.
+            if levelno >= level and method_name not in ("exception", "log") and hasattr(base, method_name):
+                namespace[method_name] = _direct_method(method_name, levelno)
+    return type("AgentuityBoundLogger", (base,), namespace)
 
 
 def configure_direct(*, level: int, handlers: Callable[[], Sequence[Any]]) -> None:
@@ -136,11 +279,8 @@ def configure_direct(*, level: int, handlers: Callable[[], Sequence[Any]]) -> No
         return _Dispatch(handlers, str(args[0]) if args else None)
 
     _structlog.configure(
-        processors=[
-            _structlog.contextvars.merge_contextvars,
-            _render_to_outputs,
-        ],
-        wrapper_class=make_bound_logger_class(level),
+        processors=_CHAIN,
+        wrapper_class=make_bound_logger_class(level, direct=True),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )

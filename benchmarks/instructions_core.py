@@ -56,7 +56,7 @@ elif which in ("stamping", "json"):
         h.setFormatter(JsonFormatter())
 elif which == "pjl_orjson":
     h.setFormatter(OrjsonFormatter())
-elif which in ("structlog_bare", "structlog_time"):
+elif which in ("structlog_bare", "structlog_time", "structlog_kw"):
     extra = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     slog = structlog.wrap_logger(
         structlog.BytesLogger(io.BytesIO()),
@@ -65,10 +65,14 @@ elif which in ("structlog_bare", "structlog_time"):
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
     )
     call = lambda: slog.info("user logged in")
-elif which == "ours_structlog":
+    if which == "structlog_kw":
+        call = lambda: slog.info("user logged in", user_id=42)
+elif which in ("ours_structlog", "ours_structlog_kw"):
     al.configure(format="json", stream=Sink())
     slog = structlog.get_logger("bench")
     call = lambda: slog.info("user logged in")
+    if which == "ours_structlog_kw":
+        call = lambda: slog.info("user logged in", user_id=42)
 elif which == "below_stdlib":
     call = lambda: lg.debug("not shown")
 elif which == "below_ours":
@@ -99,6 +103,8 @@ ROWS = [
     ("    structlog same + add_log_level + TimeStamper", "structlog_time", "structlog_bare"),
     ("(c) ours: structlog direct path", "ours_structlog", "structlog_bare"),
     ("(c') ours vs structlog with level + timestamp", "ours_structlog", "structlog_time"),
+    ("S2  structlog bare pipeline, a keyword field", "structlog_kw", "structlog_kw"),
+    ("(c2) ours, a keyword field (structlog's general path)", "ours_structlog_kw", "structlog_kw"),
     ("D   stdlib call below level", "below_stdlib", "below_stdlib"),
     ("(d) ours: call below level", "below_ours", "below_stdlib"),
     ("E1  ours: one child with 10 fields", "child1", "child1"),

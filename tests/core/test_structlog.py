@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Any
 
+import pytest
 import structlog
 
 import agentuity_logging as al
@@ -102,3 +104,116 @@ class TestProcessors:
         with al.bound(user="ctx"):
             event = add_session_context(None, "info", {"user": "call"})
         assert event["user"] == "call"
+
+
+def _without_time(line: dict[str, object]) -> list[tuple[str, object]]:
+    return [(k, v) for k, v in line.items() if k != "timestamp"]
+
+
+class TestDirectMethods:
+    """configure()'s loggers skip structlog's dispatch; what they write equals what its chain writes."""
+
+    CALLS = (
+        ("plain", (), {}),
+        ("fields %s", ("arg",), {"user_id": 42, "tags": ["a"]}),
+        ("named by mapping %(who)s", ({"who": "me"},), {}),
+        ("schema-named keyword", (), {"message": "shadow", "level": "custom", "timestamp": 1}),
+        ("structlog's own key", (), {"logger_name": "other"}),
+        ("an error", (), {"exc_info": ValueError("bad")}),
+    )
+
+    def _both_paths(
+        self, log: object, out: JsonLines
+    ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        out.truncate(0)
+        out.seek(0)
+        for event, args, kw in self.CALLS:
+            log.info(event, *args, **kw)  # type: ignore[attr-defined]
+        direct = out.records()
+        out.truncate(0)
+        out.seek(0)
+        for event, args, kw in self.CALLS:
+            rendered = event % args[0] if len(args) == 1 and isinstance(args[0], dict) else event % args
+            log._proxy_to_logger("info", rendered, **kw)  # type: ignore[attr-defined]
+        return direct, out.records()
+
+    def test_same_output_as_the_processor_chain(self) -> None:
+        out = JsonLines()
+        al.configure(format="json", stream=out)
+        structlog.contextvars.bind_contextvars(request_path="/chat", user_id=7)
+        try:
+            with al.session(), al.span("step"), al.bound(tenant="t1", request_path="bound"):
+                log = get_logger("agent", component="planner")
+                direct, chain = self._both_paths(log, out)
+                plain_direct, plain_chain = self._both_paths(structlog.get_logger("plain"), out)
+        finally:
+            structlog.contextvars.clear_contextvars()
+        assert type(log).__name__ == "AgentuityBoundLogger"
+        assert [_without_time(d) for d in direct] == [_without_time(c) for c in chain]
+        assert [_without_time(d) for d in plain_direct] == [_without_time(c) for c in plain_chain]
+        first = direct[1]
+        assert list(first)[4:7] == ["agentuitySessionId", "agentuityThreadId", "spanId"]
+        assert first["message"] == "fields arg"
+        assert first["user_id"] == 42  # the call's keyword beats structlog's context variable
+        assert first["request_path"] == "/chat"  # structlog's context variable beats bound()
+        assert (first["component"], first["tenant"]) == ("planner", "t1")
+        assert direct[3]["message_"] == "shadow"
+        assert direct[5]["exception"]["type"] == "ValueError"  # type: ignore[index]
+
+    def test_same_output_without_any_context(self) -> None:
+        out = JsonLines()
+        al.configure(format="json", stream=out)
+        direct, chain = self._both_paths(structlog.get_logger(), out)
+        assert [_without_time(d) for d in direct] == [_without_time(c) for c in chain]
+        assert direct[0]["logger"] == "structlog"
+
+    def test_only_special_keys_take_the_general_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Messages, fields, bound context and contextvars are built directly; structlog's keys are not."""
+        import agentuity_logging.structlog as ours
+
+        general: list[str] = []
+        real = ours._schema_event
+
+        def counting(logger: object, method: str, event_dict: Any) -> dict[str, Any]:
+            general.append(str(event_dict.get("event")))
+            return real(logger, method, event_dict)
+
+        monkeypatch.setattr(ours, "_schema_event", counting)
+        al.configure(format="json", stream=JsonLines())
+        log = get_logger("agent", component="planner")
+        with al.session(), al.bound(tenant="t1"):
+            structlog.contextvars.bind_contextvars(request_path="/chat")
+            try:
+                log.info("direct", user_id=1)
+                log.info("general", stack_info=True)
+                log.info("general too", logger_name="x")
+            finally:
+                structlog.contextvars.clear_contextvars()
+        assert general == ["general", "general too"]
+
+    def test_a_user_processor_chain_is_honoured(self) -> None:
+        """After structlog.configure(processors=...), the loggers run the user's chain, not the shortcut."""
+        out = JsonLines()
+        al.configure(format="json", stream=out)
+        seen: list[str] = []
+
+        def spy(_: object, method: str, event_dict: dict[str, object]) -> dict[str, object]:
+            seen.append(method)
+            return event_dict
+
+        chain = structlog.get_config()["processors"]
+        structlog.configure(processors=[spy, *chain])
+        structlog.get_logger("x").warning("through the spy")
+        assert seen == ["warning"]
+        assert out.records()[0]["message"] == "through the spy"
+
+    def test_a_failing_value_never_raises_into_the_caller(self) -> None:
+        class Hostile:
+            def __str__(self) -> str:
+                raise RuntimeError("no")
+
+        out = JsonLines()
+        al.configure(format="json", stream=out)
+        structlog.get_logger("x").info(Hostile())
+        structlog.get_logger("x").info("after")
+        assert out.records()[-1]["message"] == "after"
