@@ -104,7 +104,7 @@ ROWS = [
     ("(c) ours: structlog direct path", "ours_structlog", "structlog_bare"),
     ("(c') ours vs structlog with level + timestamp", "ours_structlog", "structlog_time"),
     ("S2  structlog bare pipeline, a keyword field", "structlog_kw", "structlog_kw"),
-    ("(c2) ours, a keyword field (structlog's general path)", "ours_structlog_kw", "structlog_kw"),
+    ("(c2) ours: structlog direct path, a keyword field", "ours_structlog_kw", "structlog_kw"),
     ("D   stdlib call below level", "below_stdlib", "below_stdlib"),
     ("(d) ours: call below level", "below_ours", "below_stdlib"),
     ("E1  ours: one child with 10 fields", "child1", "child1"),
