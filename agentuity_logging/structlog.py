@@ -193,29 +193,30 @@ def _direct_event(
         out.update(kw)
     if _STRUCTLOG_VARS:  # something was bound with bind_contextvars at some point
         merged = _merge(None, "", {})
-        if merged:
-            if not _SPECIAL.isdisjoint(merged):
-                return None
-            for key, value in merged.items():
-                if key not in out:
-                    out[key] = value
-    if rest:
-        if not _STRUCTLOG_ONLY.isdisjoint(rest):
+        if merged and not _add_missing(out, merged, _SPECIAL):
             return None
-        for key, value in rest.items():
-            if key not in out:
-                out[key] = value
+    if rest and not _add_missing(out, rest, _STRUCTLOG_ONLY):
+        return None
     if _OTEL in _modules or _DDTRACE in _modules:
         stamp_trace_context(out)
     return out
+
+
+def _add_missing(out: dict[str, Any], extra: Mapping[str, Any], refused: frozenset[str]) -> bool:
+    """Add the keys of ``extra`` that ``out`` lacks (``False``, adding nothing, if one is ``refused``)."""
+    if not refused.isdisjoint(extra):
+        return False
+    for key, value in extra.items():
+        if key not in out:
+            out[key] = value
+    return True
 
 
 def _direct_method(method_name: str, levelno: int) -> Callable[..., None]:
     """A log method that does what configure()'s processor chain does, without structlog's dispatch.
 
     Equivalent to ``merge_contextvars`` + ``_render_to_outputs`` + ``_Dispatch`` (a test holds the two
-    paths to the same output). A call with only a message, in a context whose bound fields structlog
-    would not treat specially, skips the intermediate event dict altogether.
+    paths to the same output); only calls carrying a key structlog treats specially run that chain.
     """
     level_text = LEVEL_NAMES[levelno]
 
