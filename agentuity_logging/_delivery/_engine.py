@@ -31,8 +31,11 @@ never enqueued, and the HTTP client's own log lines from the worker are filtered
 from __future__ import annotations
 
 import atexit
+import bisect
+import itertools
 import logging
 import math
+import operator
 import os
 import random
 import signal
@@ -40,8 +43,8 @@ import sys
 import threading
 import time
 import weakref
-from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from agentuity_logging._delivery._protocol import Answer, Outcome, WireProtocol, redact_url
@@ -49,7 +52,7 @@ from agentuity_logging._delivery._redaction import CONTAINER_TYPES, Redactor
 from agentuity_logging._delivery._spool import DEFAULT_SPOOL_MAX_BYTES, Spool, SpoolBatch
 from agentuity_logging._errors import ConfigurationError, require
 from agentuity_logging._internal import report_once
-from agentuity_logging._records import event_from_record, record_message
+from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY, event_from_record, record_message
 
 if TYPE_CHECKING:
     import ssl
@@ -233,39 +236,54 @@ _client_filter: Final = _WorkerRecordFilter()
 
 
 class _MemoryStore:
-    """Prepared records waiting to be sent when there is no disk spool."""
+    """Prepared records waiting to be sent when there is no disk spool.
 
-    __slots__ = ("pending", "pending_bytes", "records")
+    A list read from ``head`` on: taking a batch and acknowledging it are slices and sums done in
+    C, never a Python loop over the records (the worker shares the GIL with the application).
+    """
+
+    __slots__ = ("head", "pending", "pending_bytes", "records")
 
     def __init__(self) -> None:
-        self.records: deque[bytes] = deque()
+        self.records: list[bytes] = []
+        self.head = 0
         self.pending = 0
         self.pending_bytes = 0
 
-    def append(self, records: list[bytes]) -> int:
-        self.records.extend(records)
+    def append(self, records: list[bytes], size: int | None = None) -> int:
+        """Keep ``records`` (``size``: their total length, when the caller has it); all fit."""
+        self.records += records
         self.pending += len(records)
-        self.pending_bytes += sum(map(len, records))
+        self.pending_bytes += sum(map(len, records)) if size is None else size
         return len(records)
 
     def peek(self, max_records: int, max_bytes: int) -> SpoolBatch | None:
-        if not self.records:
+        if not self.pending:
             return None
-        batch: list[bytes] = []
-        size = 0
-        for record in self.records:
-            if batch and (len(batch) >= max_records or size + len(record) > max_bytes):
-                break
-            batch.append(record)
-            size += len(record)
+        head = self.head
+        batch = self.records[head : head + max_records]
+        size = sum(map(len, batch))
+        if size > max_bytes:
+            # The longest prefix within the byte bound (always at least one record).
+            count = max(1, bisect.bisect_right(list(itertools.accumulate(map(len, batch))), max_bytes))
+            batch = batch[:count]
+            size = sum(map(len, batch))
         return SpoolBatch(batch, [], size)
 
     def ack(self, batch: SpoolBatch, start: int, end: int) -> None:
-        popleft = self.records.popleft
-        for _ in range(end - start):
-            popleft()
+        self.head += end - start
         self.pending -= end - start
-        self.pending_bytes -= sum(map(len, batch.records[start:end]))
+        self.pending_bytes -= _size_of(batch, start, end)
+        if self.head >= 4096 and self.head * 2 >= len(self.records):
+            del self.records[: self.head]  # one memmove now and then, not a pop per record
+            self.head = 0
+
+
+def _size_of(batch: SpoolBatch, start: int, end: int) -> int:
+    """Bytes of ``batch.records[start:end]`` (the whole batch's size is known already)."""
+    if start == 0 and end == len(batch.records):
+        return batch.size
+    return sum(map(len, batch.records[start:end]))
 
 
 # Engines with a running worker, for the SIGTERM flush.
@@ -355,11 +373,20 @@ def _restore_sigterm() -> None:
         return
 
 
-def _event_from_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """The schema dict of a record snapshot, built on the worker by the one schema builder."""
-    record = logging.LogRecord.__new__(logging.LogRecord)
-    record.__dict__ = snapshot
-    return event_from_record(record)
+def _snapshot_reader() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Return a function building the schema dict of a record snapshot (for one worker thread).
+
+    The snapshot is lent to one ``LogRecord`` shell for the call to the one schema builder: a new
+    record object per snapshot costs more instructions than the builder's own cheap paths.
+    """
+    shell = logging.LogRecord.__new__(logging.LogRecord)
+    build = event_from_record
+
+    def event_from_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
+        shell.__dict__ = snapshot
+        return build(shell)
+
+    return event_from_snapshot
 
 
 def _compact(records: list[bytes]) -> list[bytes]:
@@ -378,6 +405,15 @@ def _compact(records: list[bytes]) -> list[bytes]:
         out.append(blob[start:end])
         start = end
     return out
+
+
+_item_size: Final = operator.itemgetter(1)
+_SID: Final = SESSION_KEY
+_TID: Final = THREAD_KEY
+_SPAN: Final = SPAN_KEY
+# Keys of a stdlib record's event outside a session: timestamp, level, logger, message.
+_BASE_KEYS: Final = 4
+_TEXT: Final = (str, type(None))
 
 
 class DeliveryEngine:
@@ -433,7 +469,7 @@ class DeliveryEngine:
         self._wakeup = threading.Event()
         self._wake_sent = False
         # (record snapshot or schema dict, estimated bytes, whether it is a record snapshot)
-        self._incoming: deque[tuple[Mapping[str, Any], int, bool]] = deque()
+        self._incoming: list[tuple[Mapping[str, Any], int, bool]] = []
         self._in_records = 0
         self._in_bytes = 0
         # Prepared records held in memory: the memory store's content, or those the spool refused.
@@ -906,10 +942,15 @@ class DeliveryEngine:
         store = self._store
         chunk = self._batch_records
         prepare = self.protocol.prepare
+        compact = not self.protocol.prepares_exact_bytes
+        from_snapshot = _snapshot_reader()
         redactor = self._s.redactor
         masking = bool(redactor)
-        # The redactor's own fast path, inlined (a function call costs as much as the check): an
-        # event whose names are all known to be harmless and that holds no container is clean.
+        # The redactor's own fast paths, inlined (a function call costs as much as a check). A
+        # stdlib record's event holding only schema keys is clean: the builder renders timestamp,
+        # level, logger and message as text, so only the IDs' values need a look. Any other event
+        # is clean when all its names are known to be harmless and it holds no container.
+        schema_clean = redactor.schema_names_clean
         harmless = redactor.harmless_names
         containers = CONTAINER_TYPES
         while True:
@@ -919,20 +960,48 @@ class DeliveryEngine:
                 incoming = self._incoming
                 if not incoming:
                     return
-                popleft = incoming.popleft
-                items = [popleft() for _ in range(min(len(incoming), chunk))]
+                # Slices, not a pop per record: the lock is held and producers wait for it.
+                if len(incoming) <= chunk:
+                    items, self._incoming = incoming, []
+                    size_in = self._in_bytes  # the byte count of exactly these items
+                else:
+                    items = incoming[:chunk]
+                    del incoming[:chunk]
+                    size_in = -1
+            if size_in < 0:
+                size_in = sum(map(_item_size, items))
             prepared: list[bytes] = []
-            size_in = 0
+            append = prepared.append
             failed = 0
-            for payload, size, is_record in items:
-                size_in += size
+            event: Mapping[str, Any]
+            for payload, _, is_record in items:
                 try:
-                    event = _event_from_snapshot(payload) if is_record else payload  # type: ignore[arg-type]
-                    if masking and not (
-                        harmless.issuperset(event) and containers.isdisjoint(map(type, event.values()))
-                    ):
-                        event = redactor(event)
-                    prepared.append(prepare(event if type(event) is dict else dict(event)))
+                    if is_record:
+                        event = from_snapshot(payload)  # type: ignore[arg-type]
+                        # The builder always starts with timestamp, level, logger and message (all
+                        # text); in a session the IDs follow (and a span ID in a span). Such an
+                        # event needs no look at its names, only at the IDs' values, which a
+                        # caller could have set to anything through ``extra=``.
+                        if masking and not (
+                            schema_clean
+                            and (
+                                (keys := len(event)) == _BASE_KEYS
+                                or (
+                                    (keys == _BASE_KEYS + 2 or keys == _BASE_KEYS + 3)
+                                    and type(event.get(_SID)) is str
+                                    and type(event[_TID]) in _TEXT
+                                    and (keys == _BASE_KEYS + 2 or type(event.get(_SPAN)) is str)
+                                )
+                            )
+                        ):
+                            event = redactor(event)
+                    else:
+                        event = payload if type(payload) is dict else dict(payload)
+                        if masking and not (
+                            harmless.issuperset(event) and containers.isdisjoint(map(type, event.values()))
+                        ):
+                            event = redactor(event)
+                    append(prepare(event if type(event) is dict else dict(event)))
                 except Exception as exc:
                     failed += 1
                     report_once(
@@ -941,9 +1010,13 @@ class DeliveryEngine:
                         self.name,
                         exc,
                     )
-            if prepared:
+            if prepared and compact:
                 prepared = _compact(prepared)
-            accepted = store.append(prepared) if prepared else 0
+            size = sum(map(len, prepared))
+            if isinstance(store, _MemoryStore):
+                accepted = store.append(prepared, size)
+            else:
+                accepted = store.append(prepared) if prepared else 0
             refused = prepared[accepted:]
             with self._lock:
                 self._in_records -= len(items)
@@ -951,7 +1024,7 @@ class DeliveryEngine:
                 self._in_bytes -= size_in
                 if store is not self._spool:
                     self._resident_records += accepted
-                    self._resident_bytes += sum(map(len, prepared))
+                    self._resident_bytes += size
                 if refused:
                     self._held = refused
                     self._resident_records += len(refused)
@@ -1060,7 +1133,7 @@ class DeliveryEngine:
         with self._lock:
             if self._store is not self._spool:
                 self._resident_records -= end - start
-                self._resident_bytes -= sum(map(len, batch.records[start:end]))
+                self._resident_bytes -= _size_of(batch, start, end)
                 self._recompute_limits()
             self._finished += end - start
             self._progress.notify_all()

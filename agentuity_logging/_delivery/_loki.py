@@ -9,6 +9,8 @@ and stay in the JSON line, so both ``| agentuitySessionId="…"`` and ``| json``
 from __future__ import annotations
 
 import base64
+import itertools
+import operator
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -65,6 +67,22 @@ _PER_REQUEST = frozenset(_METADATA_KEYS) | {"agentuity_session_id", "agentuity_t
 # Labels we set per record; a static label of the same name would be overwritten.
 _RECORD_LABELS = ("service", "env", "level")
 _LINE_PROTECTED = frozenset({"timestamp", "level", "logger", *_METADATA_KEYS})
+_METADATA_KEY_SET = frozenset(_METADATA_KEYS)
+# Keys that send a record past the fast path of ``prepare`` (they shape labels or metadata).
+_PLAIN_BLOCKERS = frozenset({"service", "env", *_METADATA_KEYS})
+_SECONDS_CACHE_LIMIT = 64
+# Label sets remembered as their JSON (service, env, level -> bytes); bounded, as values come from records.
+_LABELS_CACHE_LIMIT = 1024
+# Timestamps of 19 digits (2001-09-09 to 2286) sort as text: the key of a prepared value is its
+# ``["<ts>"`` prefix's digits. Any other timestamp is prepared in the general format.
+_MIN_TS19 = 10**18
+_MAX_TS19 = 10**19
+_TS_DIGITS = operator.itemgetter(slice(2, 21))
+_dumps = orjson.dumps
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_LAST = operator.itemgetter(2)
+_LAST_BYTE = operator.itemgetter(-1)
 
 
 def quote_label_value(value: str) -> str:
@@ -149,6 +167,12 @@ class _Entry:
 class LokiProtocol(WireProtocol):
     """Loki push API (``POST /loki/api/v1/push``).
 
+    A prepared record is ``<stream labels JSON>\\n<JSON push value>``: the labels (keys sorted) are
+    the stream's key as is, and the value (``["<ns>", "<line>", {metadata}]``) goes into the JSON
+    body unchanged, so a JSON push is built by grouping and joining bytes, never by parsing them.
+    Records in the earlier ``[ns, labels, line, metadata]`` format (a spool written by an older
+    version, or a timestamp outside 19 digits) take the general path, which decodes every record.
+
     Args:
         url: Loki base URL (``http://loki:3100``); ``/loki/api/v1/push`` is appended.
         labels: static stream labels (low cardinality only; IDs are refused).
@@ -165,6 +189,7 @@ class LokiProtocol(WireProtocol):
 
     name = "loki"
     max_batch_records = 5000
+    prepares_exact_bytes = True
     # Loki's default burst is 6 MB per tenant: keep each push around 1 MB.
     max_batch_bytes = 1_000_000
 
@@ -213,13 +238,77 @@ class LokiProtocol(WireProtocol):
             all_headers["Content-Type"] = "application/json"
             all_headers["Content-Encoding"] = "gzip"
         self._headers = validate_headers(all_headers)
+        # (service, env, level) of a record -> its stream labels as sorted JSON and a newline.
+        self._label_json: dict[tuple[Any, Any, Any], bytes] = {}
+        # Standard level -> labels JSON and newline, for records carrying no service or env.
+        self._level_labels = {
+            level: _dumps(self._stream_labels({"level": level}), option=orjson.OPT_SORT_KEYS) + b"\n"
+            for level in ("debug", "info", "warning", "error", "critical")
+        }
+        # "2026-11-25T10:44:59." -> "1795603499": the seconds of recent timestamps.
+        self._seconds: dict[str, str] = {}
 
     def _secrets(self) -> Iterable[str]:
         return self._secret_values
 
     def prepare(self, event: dict[str, Any]) -> bytes:
-        """``[ns, labels, line, structured metadata]`` as JSON; the line is at most 256 KB."""
+        """``<labels JSON>\\n["<ns>","<line>",{metadata}]``; the line is at most 256 KB.
+
+        The common record (a standard level, our own timestamp format, no ``service``, ``env`` or
+        ID keys) is one encoder call for the line and one for the value, its labels and the
+        nanoseconds of its second looked up: the nanoseconds are the second's digits followed by
+        the timestamp's six fraction digits and ``000``.
+        """
+        try:
+            if _PLAIN_BLOCKERS.isdisjoint(event):
+                labels = self._level_labels.get(event["level"])
+                stamp = event["timestamp"]
+                if labels is not None and type(stamp) is str and len(stamp) == 27 and stamp[26] == "Z":
+                    seconds = self._seconds.get(stamp[:20])
+                    fraction = stamp[20:26]
+                    if seconds is not None and fraction.isdigit() and fraction.isascii():
+                        # No ``default``/``option``: what orjson refuses takes the slower paths.
+                        line = _dumps(event)
+                        if len(line) <= MAX_LINE_BYTES:
+                            return labels + _dumps((seconds + fraction + "000", line.decode()))
+        except Exception:  # noqa: S110 - an unusual value: the slower paths render it
+            pass
+        return self._prepare_any(event)
+
+    def _prepare_any(self, event: dict[str, Any]) -> bytes:
+        """The same format for any labels and metadata; other records go to the general path."""
         now = time.time_ns()
+        try:
+            key = (event.get("service"), event.get("env"), event.get("level"))
+            labels = self._label_json.get(key)
+            if labels is None:
+                labels = _dumps(self._stream_labels(event), option=orjson.OPT_SORT_KEYS) + b"\n"
+                if len(self._label_json) < _LABELS_CACHE_LIMIT:
+                    self._label_json[key] = labels
+            stamp = event.get("timestamp")
+            ts = event_time_ns(stamp, now)
+            line = _dumps(event)
+            if _MIN_TS19 <= ts < _MAX_TS19 and len(line) <= MAX_LINE_BYTES:
+                if type(stamp) is str and len(stamp) == 27 and stamp[19] == "." and stamp[26] == "Z":
+                    self._remember_second(stamp[:20], ts)
+                if _METADATA_KEY_SET.isdisjoint(event):
+                    return labels + _dumps((str(ts), line.decode()))
+                metadata = {k: _metadata_value(event[k]) for k in _METADATA_KEYS if event.get(k) is not None}
+                return labels + _dumps((str(ts), line.decode(), metadata))
+        except Exception:  # noqa: S110 - an unusual value: the general path renders it
+            pass
+        return self._prepare_general(event, now)
+
+    def _remember_second(self, prefix: str, ts: int) -> None:
+        """Cache the seconds' digits of ``prefix`` (``2026-11-25T10:44:59.``); a few seconds only."""
+        if prefix in self._seconds:
+            return
+        if len(self._seconds) >= _SECONDS_CACHE_LIMIT:
+            self._seconds.clear()
+        self._seconds[prefix] = str(ts // _NS)
+
+    def _prepare_general(self, event: dict[str, Any], now: int) -> bytes:
+        """The ``[ns, labels, line, metadata]`` format: any event, any timestamp, never raises."""
         try:
             ts = event_time_ns(event.get("timestamp"), now)
             labels = self._stream_labels(event)
@@ -227,7 +316,7 @@ class LokiProtocol(WireProtocol):
         except Exception:
             ts, labels, metadata = now, {**self.labels, "level": "unknown"}, {}
         line = fit_record(event, MAX_LINE_BYTES, protected=_LINE_PROTECTED).decode("utf-8")
-        return orjson.dumps([str(ts), labels, line, metadata])
+        return bytes(memoryview(orjson.dumps([str(ts), labels, line, metadata])))
 
     def _stream_labels(self, event: Mapping[str, Any]) -> dict[str, str]:
         labels = dict(self.labels)
@@ -243,7 +332,15 @@ class LokiProtocol(WireProtocol):
 
     def _entry(self, record: bytes) -> _Entry:
         """Decode a prepared record; a damaged one becomes a plain line rather than a loss."""
-        item = decode_prepared(record)
+        if record[:1] == b"{":
+            labels_json, _, value_json = record.partition(b"\n")
+            labels, value = decode_prepared(labels_json), decode_prepared(value_json)
+            if isinstance(value, list) and 2 <= len(value) <= 3:
+                item = [value[0], labels, value[1], value[2] if len(value) == 3 else {}]
+            else:
+                item = None
+        else:
+            item = decode_prepared(record)
         if (
             isinstance(item, list)
             and len(item) == 4
@@ -273,26 +370,66 @@ class LokiProtocol(WireProtocol):
 
     def encode(self, prepared: Sequence[bytes]) -> Request:
         """One push request: protobuf ``PushRequest`` + snappy block, or gzip'd JSON."""
-        streams = self._streams(prepared)
         if self.encoding == "json":
-            payload = {
-                "streams": [
-                    {
-                        "stream": entries[0].labels,
-                        "values": [
-                            [str(e.ts), e.line, e.metadata] if e.metadata else [str(e.ts), e.line]
-                            for e in entries
-                        ],
-                    }
-                    for entries in streams.values()
-                ]
-            }
-            body = orjson.dumps(payload)
+            body = self._json_body(prepared)
+            if body is None:
+                streams = self._streams(prepared)
+                payload = {
+                    "streams": [
+                        {
+                            "stream": entries[0].labels,
+                            "values": [
+                                [str(e.ts), e.line, e.metadata] if e.metadata else [str(e.ts), e.line]
+                                for e in entries
+                            ],
+                        }
+                        for entries in streams.values()
+                    ]
+                }
+                body = orjson.dumps(payload)
         else:
             body = b"".join(
-                field_bytes(1, _stream_message(labels, entries)) for labels, entries in streams.items()
+                field_bytes(1, _stream_message(labels, entries))
+                for labels, entries in self._streams(prepared).items()
             )
         return Request("POST", self.endpoint, dict(self._headers), self._compress(body), len(prepared))
+
+    @staticmethod
+    def _json_body(prepared: Sequence[bytes]) -> bytes | None:
+        """The JSON push body joined from prepared records, or ``None`` if one needs decoding.
+
+        Batch-level C calls only: split each record at its newline, check the shape of all values
+        at once (each ``[…]``, no stray newline), group by the labels' bytes with a
+        stable sort (logging order kept within a stream) and sort each stream by its timestamp
+        digits (stable too: equal timestamps keep their order).
+        """
+        split = list(map(bytes.partition, prepared, itertools.repeat(b"\n")))
+        labels = list(map(_FIRST, split))
+        values = list(map(_LAST, split))
+        joined = b"\n".join(values)
+        try:
+            # Single-byte counts run at memchr speed; a multi-byte pattern would scan far slower.
+            shaped = (
+                bytes(map(_FIRST, values)).count(b"[") == len(values)
+                and bytes(map(_LAST_BYTE, values)).count(b"]") == len(values)
+                and joined.count(b"\n") == len(values) - 1
+            )
+        except IndexError:  # an empty value: a damaged record
+            return None
+        if not shaped:
+            return None
+        if labels.count(labels[0]) == len(labels):  # one stream: the usual batch
+            groups: Iterable[tuple[bytes, list[bytes]]] = ((labels[0], values),)
+        else:
+            pairs = sorted(zip(labels, values, strict=True), key=_FIRST)
+            groups = ((key, list(map(_SECOND, group))) for key, group in itertools.groupby(pairs, _FIRST))
+        streams = []
+        for key, entries in groups:
+            if not (key[:1] == b"{" and key[-1:] == b"}" and isinstance(decode_prepared(key), dict)):
+                return None
+            entries.sort(key=_TS_DIGITS)
+            streams.append(b'{"stream":' + key + b',"values":[' + b",".join(entries) + b"]}")
+        return b'{"streams":[' + b",".join(streams) + b"]}"
 
     def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> Answer:
         """Loki's rules: 400/422 drop (a 400 may be a partial write), 429/5xx retry."""

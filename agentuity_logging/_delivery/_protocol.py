@@ -115,6 +115,9 @@ class WireProtocol(abc.ABC):
     max_batch_records: int
     max_batch_bytes: int
     endpoint: str
+    #: Whether ``prepare`` returns exact-size ``bytes`` objects. ``orjson.dumps`` results keep a
+    #: 4 KiB buffer each, so the engine copies records out of them unless this says it need not.
+    prepares_exact_bytes: bool = False
 
     @abc.abstractmethod
     def prepare(self, event: dict[str, Any]) -> bytes:

@@ -30,6 +30,16 @@ DEFAULT_REDACT: Final = (
 REDACTED: Final = "[REDACTED]"
 
 _SEPARATORS: Final = str.maketrans("", "", "_-. ")
+# The keys a stdlib record's event has besides user fields (see ``agentuity_logging._records``).
+_SCHEMA_TEXT_KEYS: Final = (
+    "timestamp",
+    "level",
+    "logger",
+    "message",
+    "agentuitySessionId",
+    "agentuityThreadId",
+    "spanId",
+)
 # Values that can never carry a credential, kept even under a secret-looking name.
 _PLAIN: Final = (int, float, bool, type(None))
 _MAX_DEPTH: Final = 16
@@ -54,7 +64,7 @@ class Redactor:
         TypeError: ``patterns`` is a single string (a common slip for a one-item list).
     """
 
-    __slots__ = ("_cache", "harmless_names", "patterns")
+    __slots__ = ("_cache", "harmless_names", "patterns", "schema_names_clean")
 
     def __init__(self, patterns: Iterable[str] | None = None) -> None:
         if isinstance(patterns, str):
@@ -67,6 +77,9 @@ class Redactor:
         #: Names known not to be secret: most events only have those, and checking a whole event
         #: against this set (plus its values' types) is two C calls.
         self.harmless_names: set[str] = set()
+        #: Whether no pattern matches a key of the schema itself (``redact=["message"]`` does): then
+        #: an event holding only those keys needs no look at its names.
+        self.schema_names_clean = not any(self.is_secret(name) for name in _SCHEMA_TEXT_KEYS)
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
