@@ -273,7 +273,9 @@ class OTLPShipper(Shipper):
     carries them, and ``service.name`` and the ``resource`` attributes describe the process.
 
     Args:
-        endpoint: collector base URL, e.g. ``http://collector:4318``.
+        endpoint: collector base URL, e.g. ``http://collector:4318`` (``/v1/logs`` is appended).
+        logs_endpoint: instead of ``endpoint``, the full logs URL, used as is (like the collector's
+            ``otlphttp`` exporter and ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``).
         headers: extra request headers (their values are treated as secrets).
         encoding: ``"protobuf"`` (default) or ``"json"``.
         resource: resource attributes (``deployment.environment``, ``service.version``...).
@@ -281,7 +283,7 @@ class OTLPShipper(Shipper):
         **options: the engine's :class:`EngineOptions`.
 
     Raises:
-        ConfigurationError: a bad endpoint, header, encoding or option.
+        ConfigurationError: a bad endpoint (or both or neither given), header, encoding or option.
         MissingDependencyError: the ``ship`` extra is not installed.
     """
 
@@ -289,8 +291,9 @@ class OTLPShipper(Shipper):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | None = None,
         *,
+        logs_endpoint: str | None = None,
         headers: Mapping[str, str] | None = None,
         encoding: Literal["protobuf", "json"] = "protobuf",
         resource: Mapping[str, Any] | None = None,
@@ -299,9 +302,17 @@ class OTLPShipper(Shipper):
     ) -> None:
         from agentuity_logging._delivery._otlp import OTLPProtocol
 
+        url = endpoint if logs_endpoint is None else logs_endpoint
+        if url is None or (endpoint is not None and logs_endpoint is not None):
+            raise ConfigurationError("OTLPShipper takes one of endpoint= (a base URL) or logs_endpoint=")
         try:
             protocol = OTLPProtocol(
-                endpoint, headers=headers, encoding=encoding, resource=resource, service=service
+                url,
+                headers=headers,
+                encoding=encoding,
+                resource=resource,
+                service=service,
+                exact=logs_endpoint is not None,
             )
         except ValueError as exc:
             raise _configuration_error(exc) from None
@@ -519,9 +530,10 @@ def shippers_from_env(
         (n for n in (ENV_OTLP_LOGS_ENDPOINT, ENV_OTLP_ENDPOINT) if env.get(n, "").strip()), None
     )
     if endpoint_var is not None:
+        # The OpenTelemetry spec: the signal-specific variable is the logs URL as is; the general one is
+        # a base to which the exporter appends /v1/logs.
         endpoint = _env_url(env, endpoint_var)
-        if endpoint_var == ENV_OTLP_ENDPOINT:
-            endpoint = endpoint.rstrip("/") + "/v1/logs"
+        where = "logs_endpoint" if endpoint_var == ENV_OTLP_LOGS_ENDPOINT else "endpoint"
         wire = env.get(ENV_OTLP_PROTOCOL, "http/protobuf").strip() or "http/protobuf"
         encodings = {"http/protobuf": "protobuf", "http/json": "json"}
         if wire not in encodings:
@@ -533,7 +545,7 @@ def shippers_from_env(
             (
                 OTLPShipper,
                 {
-                    "endpoint": endpoint,
+                    where: endpoint,
                     "headers": _key_values(env, ENV_OTLP_HEADERS) or None,
                     "encoding": encodings[wire],
                     "resource": _key_values(env, ENV_OTLP_RESOURCE_ATTRIBUTES) or None,

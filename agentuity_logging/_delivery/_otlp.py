@@ -280,6 +280,8 @@ class OTLPProtocol(WireProtocol):
 
     Args:
         endpoint: collector base URL (``http://collector:4318``) or the full ``…/v1/logs``.
+        exact: use ``endpoint`` as the logs URL as is (a signal-specific endpoint, such as
+            ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``, is never given a path by the OpenTelemetry spec).
         headers: extra headers (``OTEL_EXPORTER_OTLP_HEADERS``); values are secrets.
         encoding: ``"protobuf"`` or ``"json"`` (the OTLP JSON mapping).
         resource: resource attributes (``deployment.environment``, ``service.version``…).
@@ -301,9 +303,10 @@ class OTLPProtocol(WireProtocol):
         encoding: Literal["protobuf", "json"] = "protobuf",
         resource: Mapping[str, Any] | None = None,
         service: str | None = None,
+        exact: bool = False,
     ) -> None:
         base = check_url(endpoint, "OTLP endpoint")
-        self.endpoint = base if base.endswith(_PATH) else base + _PATH
+        self.endpoint = base if exact or base.endswith(_PATH) else base + _PATH
         if encoding not in ("protobuf", "json"):
             raise ValueError(f"OTLP encoding must be 'protobuf' or 'json', got {encoding!r}")
         self.encoding = encoding

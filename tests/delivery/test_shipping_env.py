@@ -104,6 +104,19 @@ class TestShippersFromEnv:
         (shipper,) = build(created, env)
         assert shipper.endpoint == "http://logs.example:4318/v1/logs"
 
+    def test_otlp_logs_endpoint_is_used_as_is(self, created: list[Shipper]) -> None:
+        """The spec's rule: a signal-specific endpoint gets no path; the base one gets /v1/logs."""
+        (custom,) = build(created, {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://gw.example/otlp/logs"})
+        assert custom.endpoint == "http://gw.example/otlp/logs"
+        (base,) = build(created, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://gw.example/otlp/"})
+        assert base.endpoint == "http://gw.example/otlp/v1/logs"
+
+    def test_otlp_shipper_takes_exactly_one_endpoint(self) -> None:
+        with pytest.raises(ConfigurationError, match="one of endpoint="):
+            OTLPShipper()
+        with pytest.raises(ConfigurationError, match="one of endpoint="):
+            OTLPShipper("http://a:4318", logs_endpoint="http://a:4318/logs")
+
     def test_otlp_grpc_is_refused(self, created: list[Shipper]) -> None:
         """OTLP over gRPC is not what the shipper speaks: a clear error, not silence."""
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
