@@ -141,10 +141,19 @@ _SPECIAL: Final = STRUCTLOG_KEYS | SCHEMA_KEYS
 
 
 def _interpolate(event: Any, args: tuple[Any, ...]) -> Any:
-    """structlog's positional ``%`` interpolation of the event (a lone non-empty mapping is used by name)."""
-    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
-        return event % args[0]
-    return event % args
+    """structlog's ``%`` interpolation of the event (a lone non-empty mapping is used by name).
+
+    Arguments that do not fit render next to the message instead of raising into the caller.
+    """
+    try:
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            return event % args[0]
+        return event % args
+    except Exception as exc:
+        try:
+            return f"{event!s} [bad log arguments {args!r}: {type(exc).__name__}: {exc}]"
+        except Exception:
+            return f"<unprintable log message: {type(exc).__name__}>"
 
 
 def _direct_event(

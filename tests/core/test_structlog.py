@@ -207,6 +207,13 @@ class TestDirectMethods:
         assert seen == ["warning"]
         assert out.records()[0]["message"] == "through the spy"
 
+    def test_arguments_that_do_not_fit_render_beside_the_message(self) -> None:
+        out = JsonLines()
+        al.configure(format="json", stream=out)
+        structlog.get_logger("x").info("%d items", "many")
+        (line,) = out.records()
+        assert line["message"].startswith("%d items [bad log arguments ('many',): TypeError")
+
     def test_a_failing_value_never_raises_into_the_caller(self) -> None:
         class Hostile:
             def __str__(self) -> str:
@@ -216,4 +223,4 @@ class TestDirectMethods:
         al.configure(format="json", stream=out)
         structlog.get_logger("x").info(Hostile())
         structlog.get_logger("x").info("after")
-        assert out.records()[-1]["message"] == "after"
+        assert [r["message"] for r in out.records()] == ["<unprintable Hostile>", "after"]
