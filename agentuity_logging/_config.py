@@ -153,10 +153,11 @@ def configure(
     Defaults come from ``AGENTUITY_LOG_LEVEL`` (else INFO), ``AGENTUITY_LOG_FORMAT`` (else auto) and
     ``AGENTUITY_SERVICE``. ``handlers`` adds more outputs (shippers, the log store).
 
-    Records are stamped by a :class:`~agentuity_logging.stdlib.SessionContextFilter` on each output it
-    installs, so every record reaching them, from any logger, carries the IDs. With
-    ``stamp_all_records=True`` a record factory stamps every record at creation instead, so handlers
-    you attach yourself (anywhere) see the IDs too; it costs about 8% more per call.
+    Records are stamped by a :class:`~agentuity_logging.stdlib.SessionContextFilter`, the ``stamper``
+    of each output it installs (it runs before the output's own filters), so every record reaching
+    them, from any logger, carries the IDs. With ``stamp_all_records=True`` a record factory stamps
+    every record at creation instead, so handlers you attach yourself (anywhere) see the IDs too; it
+    costs about 8% more per call.
 
     ``thread_store`` (a URL ``memory``, ``sqlite:///path``, ``redis://host:port/db``, or a store object;
     default ``AGENTUITY_THREAD_STORE``) keeps thread state and metadata across processes, its state
@@ -210,8 +211,8 @@ def configure(
         raise
     new_outputs: tuple[EventHandler, ...] = (main, *extra_outputs, *handlers)
     for handler in new_outputs:
-        if not any(isinstance(f, SessionContextFilter) for f in handler.filters):
-            handler.addFilter(SessionContextFilter())
+        if handler.stamper is None and not any(isinstance(f, SessionContextFilter) for f in handler.filters):
+            handler.stamper = SessionContextFilter()
 
     with _lock:
         root = logging.getLogger()

@@ -317,11 +317,20 @@ class EventHandler(logging.Handler):
         self.flush()
         return True
 
+    #: Stamps each record with the session context before the filters run; ``configure()`` sets a
+    #: ``SessionContextFilter`` here on the outputs it installs (cheaper than one in ``filters``).
+    stamper: logging.Filter | None = None
+
     def filter(self, record: logging.LogRecord) -> bool:
-        """Drop the package's own diagnostics, then apply the normal filters."""
+        """Drop the package's own diagnostics, stamp, then apply the normal filters."""
         if record.name.startswith(self.ignored_prefixes):
             return False
-        return bool(super().filter(record))
+        stamper = self.stamper
+        if stamper is not None:
+            stamper.filter(record)
+        if self.filters:
+            return bool(super().filter(record))
+        return True
 
 
 class StreamOutput(EventHandler):

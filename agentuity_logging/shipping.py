@@ -401,6 +401,9 @@ class ShippingHandler(EventHandler):
                 ignored = self._remember(record.name)
             if ignored:
                 return False
+            stamper = self.stamper
+            if stamper is not None:
+                stamper.filter(record)
             if self.filters:
                 outcome: Any = logging.Filterer.filter(self, record)
                 if not outcome:

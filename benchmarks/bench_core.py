@@ -33,6 +33,7 @@ from pythonjsonlogger.orjson import OrjsonFormatter as PjlOrjsonFormatter
 
 import agentuity_logging as al
 from agentuity_logging._config import outputs, unconfigure
+from agentuity_logging._formatting import StreamOutput
 from agentuity_logging._stamping import SessionContextFilter, install_record_factory, uninstall_record_factory
 from agentuity_logging.stdlib import JsonFormatter
 
@@ -104,6 +105,27 @@ def ours_stamping_filter() -> tuple[Callable[[], None], Callable[[], None]]:
 def ours_json() -> tuple[Callable[[], None], Callable[[], None]]:
     logger, handler = _stdlib_logger("bench.json", JsonFormatter(), SessionContextFilter())
     return (lambda: logger.info("user logged in")), _reset(handler)
+
+
+def _configured_output(
+    name: str, formatter: logging.Formatter
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """configure()'s own output, built as configure() builds it, alone on one logger."""
+    output = StreamOutput(Sink(), formatter)
+    output.stamper = SessionContextFilter()
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [output]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return (lambda: logger.info("user logged in")), _reset(output)
+
+
+def configured_plain() -> tuple[Callable[[], None], Callable[[], None]]:
+    return _configured_output("bench.configured.plain", logging.Formatter())
+
+
+def configured_json() -> tuple[Callable[[], None], Callable[[], None]]:
+    return _configured_output("bench.configured.json", JsonFormatter())
 
 
 def pjl_json() -> tuple[Callable[[], None], Callable[[], None]]:
@@ -223,6 +245,8 @@ def main() -> None:
             "(a) ours: stamping (configure's filter) + default Formatter": ours_stamping_filter,
             "    ours: stamping (stamp_all_records factory) + default Formatter": ours_stamping_factory,
             "(b) ours: JsonFormatter, session context": ours_json,
+            "(a') configure()'s output, default Formatter": configured_plain,
+            "(b') configure()'s output, JSON": configured_json,
             "    python-json-logger JsonFormatter": pjl_json,
             "    python-json-logger OrjsonFormatter": pjl_orjson,
             "S  structlog merge_contextvars+JSONRenderer(orjson)+BytesLogger": structlog_baseline,

@@ -54,6 +54,14 @@ elif which in ("stamping", "json"):
     h.addFilter(SessionContextFilter())
     if which == "json":
         h.setFormatter(JsonFormatter())
+elif which in ("configured_plain", "configured_json"):
+    # configure()'s own output (its stamper, its filter chain), on this logger alone.
+    from agentuity_logging._config import outputs
+    al.configure(format="json", stream=Sink())
+    (h,) = outputs()
+    if which == "configured_plain":
+        h.setFormatter(logging.Formatter())
+    lg.handlers[:] = [h]
 elif which == "pjl_orjson":
     h.setFormatter(OrjsonFormatter())
 elif which in ("structlog_bare", "structlog_time", "structlog_kw"):
@@ -98,6 +106,8 @@ ROWS = [
     ("    bare context filter", "bare_filter", "plain"),
     ("(a) ours: SessionContextFilter + default Formatter", "stamping", "plain"),
     ("(b) ours: JsonFormatter, session context", "json", "plain"),
+    ("(a') configure()'s output, default Formatter", "configured_plain", "plain"),
+    ("(b') configure()'s output, JSON", "configured_json", "plain"),
     ("    python-json-logger OrjsonFormatter (no context)", "pjl_orjson", "plain"),
     ("S   structlog merge_contextvars+JSONRenderer(orjson)+BytesLogger", "structlog_bare", "structlog_bare"),
     ("    structlog same + add_log_level + TimeStamper", "structlog_time", "structlog_bare"),

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import agentuity_logging as al
+from agentuity_logging._config import outputs
 from agentuity_logging.stdlib import ConsoleFormatter, JsonFormatter, SessionContextFilter
 
 from .helpers import JsonLines
@@ -66,6 +67,24 @@ class TestStamping:
         assert seen[0].agentuitySessionId == s.id  # type: ignore[attr-defined]
         assert seen[0].agentuityThreadId == s.thread.id  # type: ignore[attr-defined]
         assert seen[0].user == "u"  # type: ignore[attr-defined]
+
+    def test_a_users_filter_on_our_output_sees_the_ids(self) -> None:
+        """configure() stamps before the output's own filters run, so a filter can select by session."""
+        out = JsonLines()
+        al.configure(format="json", stream=out)
+        (output,) = outputs()
+        wanted: list[str] = []
+
+        def only_wanted(record: logging.LogRecord) -> bool:
+            return getattr(record, "agentuitySessionId", None) in wanted
+
+        output.addFilter(only_wanted)
+        with al.session() as kept:
+            wanted.append(kept.id)
+            logging.getLogger("x").warning("kept")
+        with al.session():
+            logging.getLogger("x").warning("dropped")
+        assert [r["message"] for r in out.records()] == ["kept"]
 
     def test_default_configure_leaves_the_record_factory_alone(self) -> None:
         """By default stamping is a filter on our outputs: the global record factory is untouched."""
