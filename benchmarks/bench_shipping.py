@@ -18,6 +18,11 @@ Run::
     .venv/bin/python benchmarks/bench_shipping.py            # ~1 minute
     .venv/bin/python benchmarks/bench_shipping.py --full     # the one-minute outage at 10,000 records/s
     .venv/bin/python benchmarks/bench_shipping.py --instructions   # exact CPU instructions (valgrind)
+    .venv/bin/python benchmarks/bench_shipping.py --instructions --session   # records in a session
+
+``--session`` runs every producer loop inside ``agentuity_logging.session()`` with the package's
+record factory installed (as ``configure()`` does), so every record carries ``agentuitySessionId`` and
+``agentuityThreadId``: the product's real workload. The plain ceiling pays for the stamping too.
 
 ``--instructions`` counts instructions per record of the whole process (producer and worker,
 request building, gzip and HTTP included) under valgrind's callgrind, for N and 11N records in
@@ -251,17 +256,41 @@ def fresh_logger(handler: logging.Handler) -> logging.Logger:
     return logger
 
 
+#: Whether producers log inside a session (``--session``); set once by ``use_sessions``.
+IN_SESSION = False
+
+
+def use_sessions() -> None:
+    """Stamp every record with the session IDs (the record factory) and log inside a session."""
+    global IN_SESSION
+    from agentuity_logging.stdlib import install_record_factory
+
+    install_record_factory()
+    IN_SESSION = True
+
+
+def producer_context() -> contextlib.AbstractContextManager[object]:
+    """A session around a producer loop under ``--session``, else nothing."""
+    if not IN_SESSION:
+        return contextlib.nullcontext()
+    import agentuity_logging
+
+    return agentuity_logging.session()
+
+
 def produce(logger: logging.Logger, run: str, n: int) -> float:
     """Log ``n`` records; return the CPU seconds the application thread spent doing it.
 
     CPU time of this thread (not wall time): while a background worker holds the GIL this thread
     waits, and that wait is the worker's cost (counted in the delivered rate), not the log call's.
+    Under ``--session`` the loop runs inside one session, as a request handler's logging does.
     """
     info = logger.info
-    start = time.thread_time()
-    for i in range(n):
-        info("bench-%s-%d user request handled", run, i)
-    return time.thread_time() - start
+    with producer_context():
+        start = time.thread_time()
+        for i in range(n):
+            info("bench-%s-%d user request handled", run, i)
+        return time.thread_time() - start
 
 
 def bench_plain(sink: Sink, n: int) -> dict[str, Any]:
@@ -381,13 +410,14 @@ def bench_call_cost(sink: Sink, kind: str, bursts: int = 250, burst: int = 200) 
     info = logger.info
     spent = 0.0
     try:
-        for b in range(bursts):
-            start = time.thread_time()
-            for i in range(burst):
-                info("bench-%s-%d user request handled", "cost", b * burst + i)
-            spent += time.thread_time() - start
-            if shipper is not None:
-                shipper.flush(30)
+        with producer_context():
+            for b in range(bursts):
+                start = time.thread_time()
+                for i in range(burst):
+                    info("bench-%s-%d user request handled", "cost", b * burst + i)
+                spent += time.thread_time() - start
+                if shipper is not None:
+                    shipper.flush(30)
     finally:
         if shipper is not None:
             shipper.close()
@@ -491,6 +521,7 @@ def instructions_per_record(sink: Sink, kind: str, n: int) -> float:
                 kind,
                 sink.url,
                 str(count),
+                *(["--session"] if IN_SESSION else []),
             ],
             capture_output=True,
             text=True,
@@ -511,7 +542,8 @@ def bench_instructions(n: int) -> None:
         counts = {kind: instructions_per_record(sink, kind, n) for kind in ("plain", "datadog", "loki")}
     finally:
         sink.stop()
-    print(f"\ninstructions per record, whole process (callgrind, {n:,} and {11 * n:,} records)")
+    where = "in a session" if IN_SESSION else "outside a session"
+    print(f"\ninstructions per record, whole process, {where} (callgrind, {n:,} and {11 * n:,} records)")
     for kind, count in counts.items():
         print(f"  {kind:8} {count:10,.0f}   plain/this: {counts['plain'] / count:.2f}")
 
@@ -528,8 +560,11 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="one-minute outage at 10,000 records/s")
     parser.add_argument("--skip-outage", action="store_true")
     parser.add_argument("--instructions", action="store_true", help="instruction counts (valgrind)")
+    parser.add_argument("--session", action="store_true", help="log inside a session (records carry IDs)")
     parser.add_argument("--instructions-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.session:
+        use_sessions()
     if args.sink:
         asyncio.run(_serve_sink(args.sink, args.expect))
         return

@@ -20,6 +20,7 @@ from agentuity_logging._delivery._protocol import (
     Outcome,
     Request,
     WireProtocol,
+    _hex_id,
     check_url,
     dumps_safe,
     fit_record,
@@ -63,6 +64,9 @@ _TRACE_KEYS = frozenset((*TRACE_ID_KEYS, *SPAN_ID_KEYS))
 # An event holding none of these keys gets the reserved attributes spliced in after its own keys:
 # the same bytes ``_entry`` would produce, without a per-entry dict.
 _SPLICE_BLOCKERS = frozenset({"ddsource", "service", "hostname", "ddtags", "status", "dd", *_TRACE_KEYS})
+# The same for a record inside one of our spans: its ``spanId`` is the only trace key, and the splice
+# adds the ``dd.span_id`` that ``_entry`` would append after the reserved attributes.
+_SPAN_SPLICE_BLOCKERS = _SPLICE_BLOCKERS - {"spanId"}
 _dumps: Final = orjson.dumps
 # Never cut by per-entry truncation: Datadog needs them to place and find the entry.
 _PROTECTED = frozenset(
@@ -126,7 +130,8 @@ class DatadogProtocol(WireProtocol):
         api_key: the ``DD-API-KEY``; never shown in a repr, message or error.
         site: Datadog site, one of ``DATADOG_SITES``.
         url: intake base URL overriding ``site`` (a proxy, or a test server).
-        service: the ``service`` reserved attribute; defaults to the record's ``service``.
+        service: the ``service`` reserved attribute for records without a ``service`` field of their
+            own (a record's field wins, as in the JSON line ``configure(service=...)`` writes).
         source: ``ddsource`` (selects Datadog's integration pipeline).
         hostname: ``hostname``; defaults to this machine's name.
         tags: ``ddtags`` as a mapping, a list of ``"k:v"`` or one ``"k:v,k:v"`` string.
@@ -163,6 +168,11 @@ class DatadogProtocol(WireProtocol):
         self.source = source
         self.hostname = hostname or socket.gethostname()
         self.ddtags = _format_tags(tags)
+        # Reserved attributes every entry gets from us, so a record field of that name would be lost.
+        # ``service`` is not one: a record's own ``service`` wins over ``service=``.
+        self._overwritten = frozenset(
+            {"ddsource", "hostname", "status", *(("ddtags",) if self.ddtags else ())}
+        )
         self._suffixes = self._reserved_suffixes()
         self._headers = validate_headers(
             {
@@ -188,13 +198,21 @@ class DatadogProtocol(WireProtocol):
     def prepare(self, event: dict[str, Any]) -> bytes:
         """One intake entry: the event plus Datadog's reserved attributes, at most 1 MB.
 
-        The common entry (a known level, no key Datadog reserves, no trace IDs) is the event's JSON
-        with the reserved attributes spliced in before its closing brace: one encoder call and no
-        per-entry dict. Everything else, and anything the encoder refuses, takes the general path.
+        The common entry (a known level, no key Datadog reserves, no trace IDs other than a span's
+        ``spanId``) is the event's JSON with the reserved attributes (and ``dd.span_id``) spliced in
+        before its closing brace: one encoder call and no per-entry dict. Everything else, and
+        anything the encoder refuses, takes the general path.
         """
         try:
             suffix = self._suffixes[event["level"]]
-            if _SPLICE_BLOCKERS.isdisjoint(event):
+            splice = _SPLICE_BLOCKERS.isdisjoint(event)
+            if not splice and _SPAN_SPLICE_BLOCKERS.isdisjoint(event):
+                # Inside a span: the general path would parse every trace key to find this one.
+                splice = True
+                span_id = _hex_id(event["spanId"], 16)
+                if span_id is not None:
+                    suffix = suffix[:-1] + b',"dd":{"span_id":"' + str(int(span_id, 16)).encode() + b'"}}'
+            if splice:
                 # No ``default``/``option``: a value or key orjson cannot take raises here, and the
                 # general path renders it. Without them the call is measurably cheaper.
                 data = _dumps(event)
@@ -213,9 +231,9 @@ class DatadogProtocol(WireProtocol):
         return bytes(memoryview(fit_record(entry, MAX_ENTRY_BYTES, protected=_PROTECTED)))
 
     def _entry(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        entry = dict(event)
+        entry = dict(event) if self._overwritten.isdisjoint(event) else self._renamed(event)
         entry["ddsource"] = self.source
-        service = self.service or event.get("service")
+        service = event.get("service") or self.service
         if service is not None:
             entry["service"] = service
         entry["hostname"] = self.hostname
@@ -236,6 +254,22 @@ class DatadogProtocol(WireProtocol):
             if span_id:
                 dd["span_id"] = str(int(span_id, 16))
             entry["dd"] = dd
+        return entry
+
+    def _renamed(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of ``event`` whose fields named like a reserved attribute we set get a ``_`` suffix.
+
+        The package's clash rule (as for the schema's own keys): the record's ``status`` (a span's
+        ``"ok"``) would otherwise vanish under the level. More underscores if that name is taken too.
+        """
+        entry: dict[str, Any] = {}
+        for key, value in event.items():
+            name = key
+            if key in self._overwritten:
+                name = key + "_"
+                while name in event or name in entry:
+                    name += "_"
+            entry[name] = value
         return entry
 
     def encode(self, prepared: Sequence[bytes]) -> Request:

@@ -953,6 +953,10 @@ class DeliveryEngine:
         schema_clean = redactor.schema_names_clean
         harmless = redactor.harmless_names
         containers = CONTAINER_TYPES
+        # Locals: a session record pays for this check on every record (global look-ups and
+        # additions measured ~360 instructions of its ~1,660).
+        base_keys, with_ids, with_span = _BASE_KEYS, _BASE_KEYS + 2, _BASE_KEYS + 3
+        sid_key, tid_key, span_key, text_types = _SID, _TID, _SPAN, _TEXT
         while True:
             if self._held and not self._store_held():
                 return  # the spool is full: records wait in memory until deliveries free room
@@ -985,12 +989,14 @@ class DeliveryEngine:
                         if masking and not (
                             schema_clean
                             and (
-                                (keys := len(event)) == _BASE_KEYS
+                                (keys := len(event)) == base_keys
                                 or (
-                                    (keys == _BASE_KEYS + 2 or keys == _BASE_KEYS + 3)
-                                    and type(event.get(_SID)) is str
-                                    and type(event[_TID]) in _TEXT
-                                    and (keys == _BASE_KEYS + 2 or type(event.get(_SPAN)) is str)
+                                    type(event.get(sid_key)) is str
+                                    and type(event[tid_key]) in text_types
+                                    and (
+                                        keys == with_ids
+                                        or (keys == with_span and type(event.get(span_key)) is str)
+                                    )
                                 )
                             )
                         ):

@@ -70,6 +70,10 @@ _LINE_PROTECTED = frozenset({"timestamp", "level", "logger", *_METADATA_KEYS})
 _METADATA_KEY_SET = frozenset(_METADATA_KEYS)
 # Keys that send a record past the fast path of ``prepare`` (they shape labels or metadata).
 _PLAIN_BLOCKERS = frozenset({"service", "env", *_METADATA_KEYS})
+# The same for a record in a session: its IDs are metadata the fast path writes itself; the other
+# trace keys (rare: a caller's own fields) still go the slower way.
+_SESSION_BLOCKERS = _PLAIN_BLOCKERS - {"agentuitySessionId", "agentuityThreadId", "spanId"}
+_SID, _TID, _SPAN = "agentuitySessionId", "agentuityThreadId", "spanId"
 _SECONDS_CACHE_LIMIT = 64
 # Label sets remembered as their JSON (service, env, level -> bytes); bounded, as values come from records.
 _LABELS_CACHE_LIMIT = 1024
@@ -254,13 +258,16 @@ class LokiProtocol(WireProtocol):
     def prepare(self, event: dict[str, Any]) -> bytes:
         """``<labels JSON>\\n["<ns>","<line>",{metadata}]``; the line is at most 256 KB.
 
-        The common record (a standard level, our own timestamp format, no ``service``, ``env`` or
-        ID keys) is one encoder call for the line and one for the value, its labels and the
-        nanoseconds of its second looked up: the nanoseconds are the second's digits followed by
-        the timestamp's six fraction digits and ``000``.
+        The common record (a standard level, our own timestamp format, no ``service`` or ``env``,
+        and either no IDs or the session's text IDs) is one encoder call for the line and one for
+        the value, its labels and the nanoseconds of its second looked up: the nanoseconds are the
+        second's digits followed by the timestamp's six fraction digits and ``000``. A session
+        record's metadata is a literal dict of its IDs, in ``_METADATA_KEYS`` order, exactly what
+        ``_prepare_any`` builds for it.
         """
         try:
-            if _PLAIN_BLOCKERS.isdisjoint(event):
+            plain = _PLAIN_BLOCKERS.isdisjoint(event)
+            if plain or _SESSION_BLOCKERS.isdisjoint(event):
                 labels = self._level_labels.get(event["level"])
                 stamp = event["timestamp"]
                 if labels is not None and type(stamp) is str and len(stamp) == 27 and stamp[26] == "Z":
@@ -270,7 +277,23 @@ class LokiProtocol(WireProtocol):
                         # No ``default``/``option``: what orjson refuses takes the slower paths.
                         line = _dumps(event)
                         if len(line) <= MAX_LINE_BYTES:
-                            return labels + _dumps((seconds + fraction + "000", line.decode()))
+                            ns = seconds + fraction + "000"
+                            if plain:
+                                return labels + _dumps((ns, line.decode()))
+                            # Text IDs within the metadata cap (their total bounds each one) are
+                            # kept as they are: orjson has just encoded them, so they are valid
+                            # UTF-8 and ``_metadata_value`` would return them unchanged.
+                            sid, tid, span = event.get(_SID), event.get(_TID), event.get(_SPAN)
+                            if type(sid) is str and type(tid) is str:
+                                if span is None:
+                                    if len(sid) + len(tid) <= MAX_METADATA_VALUE_CHARS:
+                                        return labels + _dumps((ns, line.decode(), {_SID: sid, _TID: tid}))
+                                elif (
+                                    type(span) is str
+                                    and len(sid) + len(tid) + len(span) <= MAX_METADATA_VALUE_CHARS
+                                ):
+                                    metadata = {_SID: sid, _TID: tid, _SPAN: span}
+                                    return labels + _dumps((ns, line.decode(), metadata))
         except Exception:  # noqa: S110 - an unusual value: the slower paths render it
             pass
         return self._prepare_any(event)

@@ -24,7 +24,7 @@ from agentuity_logging._delivery._protocol import event_time_ns
 from agentuity_logging._delivery._redaction import REDACTED
 from agentuity_logging.shipping import DatadogShipper, LokiShipper
 from tests.fakes.datadog import FakeDatadog
-from tests.fakes.events import SPAN_ID, TRACE_ID, make_event, rfc3339, send
+from tests.fakes.events import SESSION_ID, SPAN_ID, THREAD_ID, TRACE_ID, make_event, rfc3339, send
 from tests.fakes.loki import FakeLoki
 
 from .shipping_support import ShipperFactory, attach, shipper_factory
@@ -84,6 +84,31 @@ class TestDatadogSplicedEntries:
         protocol = DatadogProtocol(KEY, service="planner")
         assert protocol.prepare(event) == protocol._prepare_general(event)
 
+    @pytest.mark.parametrize(
+        "span",
+        [SPAN_ID, SPAN_ID.upper(), "0" * 16, "span_1", "f" * 16, {"nested": 1}],
+        ids=["otel", "upper", "zero", "name", "max", "dict"],
+    )
+    @pytest.mark.parametrize("configured", [False, True])
+    def test_span_records_are_spliced_like_the_general_entry(self, span: Any, configured: bool) -> None:
+        """A record with a ``spanId`` gets the general entry's bytes, ``dd.span_id`` included."""
+        options = {"service": "planner", "tags": {"env": "prod"}} if configured else {}
+        protocol = DatadogProtocol(KEY, **options)
+        event = make_event(spanId=span)
+        assert protocol.prepare(event) == protocol._prepare_general(event)
+
+    def test_span_records_take_the_fast_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A session record inside a span is spliced, its span ID in Datadog's decimal form."""
+        protocol = DatadogProtocol(KEY)
+
+        def refuse(event: dict[str, Any]) -> bytes:
+            raise AssertionError("took the general path")
+
+        monkeypatch.setattr(protocol, "_prepare_general", refuse)
+        entry = orjson.loads(protocol.prepare(make_event(spanId=SPAN_ID)))
+        assert entry["dd"] == {"span_id": str(int(SPAN_ID, 16))}
+        assert entry["spanId"] == SPAN_ID
+
     def test_a_record_just_over_the_limit_is_truncated(self) -> None:
         """An entry that fits only without the reserved attributes is still cut below 1 MB."""
         protocol = DatadogProtocol(KEY)
@@ -104,6 +129,15 @@ class TestDatadogSplicedEntries:
             assert entries[0] == entries[2] == orjson.loads(good)
 
 
+LOKI_SESSION_EVENTS = [
+    make_event(),
+    make_event(spanId=SPAN_ID),
+    make_event(level="error", spanId=SPAN_ID, user_id=7, nested={"a": [1, {"b": None}]}),
+    make_event("héllo ✓ \n next line", level="critical", quote='say "hi"\\'),
+    make_event(level="debug", agentuitySessionId="sess_ünïcode", agentuityThreadId="thrd_\u2028"),
+]
+
+
 class TestLokiPreparedRecords:
     def test_fast_record_decodes_like_the_general_record(self) -> None:
         """The byte-built record carries the same timestamp, labels, line and metadata."""
@@ -118,6 +152,82 @@ class TestLokiPreparedRecords:
                     general.line,
                     general.metadata,
                 )
+
+    @pytest.mark.parametrize("event", LOKI_SESSION_EVENTS)
+    def test_session_record_equals_the_general_record(self, event: dict[str, Any]) -> None:
+        """A record carrying session, thread and span IDs is byte for byte the general record."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json", labels={"region": "eu"})
+        for _ in range(2):  # the second call finds the second cached
+            assert protocol.prepare(event) == protocol._prepare_any(event)
+        fast = protocol._entry(protocol.prepare(event))
+        general = protocol._entry(protocol._prepare_general(event, 0))
+        assert (fast.ts, fast.labels, fast.line, fast.metadata) == (
+            general.ts,
+            general.labels,
+            general.line,
+            general.metadata,
+        )
+
+    def test_session_records_take_the_fast_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Once its second is cached, a session record is prepared without the slower paths."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json")
+        first = make_event(spanId=SPAN_ID)
+        protocol.prepare(first)
+
+        def refuse(event: dict[str, Any]) -> bytes:
+            raise AssertionError("took the slower path")
+
+        monkeypatch.setattr(protocol, "_prepare_any", refuse)
+        for event in (make_event(timestamp=first["timestamp"]), first):
+            protocol.prepare(event)
+
+    def test_session_ids_are_metadata_never_labels(self) -> None:
+        """In the joined push the IDs are each value's metadata and stay in the line; labels hold none."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json")
+        event = make_event(spanId=SPAN_ID)
+        prepared = [protocol.prepare(event) for _ in range(2)]
+        body = orjson.loads(gzip.decompress(protocol.encode(prepared).body))
+        ((stream),) = body["streams"]
+        ids = {"agentuitySessionId": SESSION_ID, "agentuityThreadId": THREAD_ID, "spanId": SPAN_ID}
+        assert stream["stream"] == {"level": "info"}
+        for _, line, metadata in stream["values"]:
+            assert metadata == ids
+            assert ids.items() <= orjson.loads(line).items()
+
+    @pytest.mark.parametrize(
+        "event",
+        [
+            make_event(agentuityThreadId=None),
+            make_event(agentuitySessionId=42),
+            make_event(agentuitySessionId="s" * 1000),
+            make_event(spanId="p" * 1000),
+            make_event(spanId=7),
+            make_event(traceId=TRACE_ID, spanId=SPAN_ID),
+            make_event(session=False, spanId=SPAN_ID),
+            make_event(service="billing"),
+            make_event(agentuitySessionId=b"s\xe9".decode("utf-8", "surrogateescape")),
+        ],
+        ids=[
+            "no-thread",
+            "int-id",
+            "long-id",
+            "long-span",
+            "int-span",
+            "trace",
+            "span-only",
+            "service",
+            "surrogate",
+        ],
+    )
+    def test_unusual_session_records_match_the_general_record(self, event: dict[str, Any]) -> None:
+        """IDs that are not short text, or other trace keys, still yield the general record exactly."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json")
+        for _ in range(2):
+            prepared = protocol.prepare(event)
+            assert prepared == protocol._prepare_any(event)
+        fast = protocol._entry(prepared)
+        general = protocol._entry(protocol._prepare_general(event, 0))
+        assert (fast.labels, fast.line, fast.metadata) == (general.labels, general.line, general.metadata)
 
     def test_nanoseconds_from_a_cached_second_are_exact(self) -> None:
         """Digits spliced from the cached second equal the parsed timestamp."""
@@ -202,6 +312,17 @@ class TestWorkerMasking:
         assert shipper.flush(5)
         (entry,) = fake_datadog.entries
         assert entry["agentuityThreadId"] == {"password": REDACTED, "n": 1}
+
+    def test_secret_nested_under_a_span_id_is_masked(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """A session record whose span ID was set through extra= to a dict is searched too."""
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
+        extra = {"agentuitySessionId": "sess_1", "agentuityThreadId": "thrd_1", "spanId": {"token": "t"}}
+        attach(shipper).info("x", extra=extra)
+        assert shipper.flush(5)
+        (entry,) = fake_datadog.entries
+        assert entry["spanId"] == {"token": REDACTED}
 
     def test_a_pattern_matching_a_schema_key_masks_it(
         self, fake_datadog: FakeDatadog, make: ShipperFactory

@@ -16,6 +16,7 @@ import pytest
 
 import agentuity_logging as al
 from agentuity_logging._records import format_timestamp
+from agentuity_logging._spans import SPAN_LOGGER_NAME
 from agentuity_logging.shipping import (
     DatadogShipper,
     HTTPShipper,
@@ -244,6 +245,84 @@ class TestDatadogShipper:
         assert entry["ddsource"] == "python"
         assert entry["ddtags"] == "env:test"
         assert entry["status"] == "warning"
+
+    def test_a_span_records_status_is_kept_as_status_(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """A span's own ``status`` arrives as ``status_``; Datadog's ``status`` stays the level."""
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
+        span_logger = logging.getLogger(SPAN_LOGGER_NAME)
+        handler = ShippingHandler(shipper)
+        level = span_logger.level
+        span_logger.addHandler(handler)
+        span_logger.setLevel(logging.INFO)
+        try:
+            with al.session():
+                with al.span("fine"):
+                    pass
+                with pytest.raises(ValueError), al.span("broken"):
+                    raise ValueError("no")
+        finally:
+            span_logger.removeHandler(handler)
+            span_logger.setLevel(level)
+        assert shipper.flush(5)
+        logs = {log.attributes["name"]: log for log in fake_datadog.logs}
+        assert (logs["fine"].status, logs["fine"].attributes["status_"]) == ("info", "ok")
+        assert (logs["broken"].status, logs["broken"].attributes["status_"]) == ("error", "error")
+
+    def test_fields_named_like_reserved_attributes_get_an_underscore(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """A field we would overwrite (status, hostname, ddsource, ddtags) is kept with a ``_`` suffix."""
+        shipper = make(
+            DatadogShipper,
+            fake_datadog.api_key,
+            url=fake_datadog.url,
+            hostname="host-1",
+            tags={"env": "test"},
+        )
+        fields = {"status": "ok", "status_": "taken", "hostname": "db-2", "ddsource": "mine", "ddtags": "x"}
+        attach(shipper).warning("careful", extra=fields)
+        assert shipper.flush(5)
+        (entry,) = fake_datadog.entries
+        assert {k: entry[k] for k in ("status", "hostname", "ddsource", "ddtags")} == {
+            "status": "warning",
+            "hostname": "host-1",
+            "ddsource": "python",
+            "ddtags": "env:test",
+        }
+        assert {k: entry[k] for k in ("status__", "status_", "hostname_", "ddsource_", "ddtags_")} == {
+            "status__": "ok",
+            "status_": "taken",
+            "hostname_": "db-2",
+            "ddsource_": "mine",
+            "ddtags_": "x",
+        }
+
+    def test_a_records_service_wins_over_the_shippers(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """service= names records that have no service of their own, as configure(service=) does."""
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url, service="api")
+        log = attach(shipper)
+        log.info("own", extra={"service": "webhooks"})
+        log.info("default")
+        assert shipper.flush(5)
+        assert {entry["message"]: entry["service"] for entry in fake_datadog.entries} == {
+            "own": "webhooks",
+            "default": "api",
+        }
+
+    def test_a_records_service_and_tags_are_used_when_none_are_configured(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """Nothing overwrites ``service`` or ``ddtags`` without ``service=``/``tags=``: no rename."""
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
+        attach(shipper).info("hi", extra={"service": "webhooks", "ddtags": "team:a"})
+        assert shipper.flush(5)
+        (log,) = fake_datadog.logs
+        assert (log.service, log.tags[0]) == ("webhooks", "team:a")
+        assert {"service_", "ddtags_"}.isdisjoint(log.entry)
 
     def test_requests_are_gzipped_json_with_the_key_header(
         self, fake_datadog: FakeDatadog, make: ShipperFactory
