@@ -239,35 +239,42 @@ def event_from_record(record: logging.LogRecord, skip: frozenset[str] | set[str]
         stamp = prefix + _DIGITS3[us // 1000] + _DIGITS3Z[us % 1000]
     else:
         stamp = format_timestamp(created)
-    event: dict[str, Any] = {"timestamp": stamp, "level": level, "logger": record.name, "message": message}
     extra = len(d) - _N_STD
-    if extra > 0:
-        # Inlined rather than a helper: this runs for every record in a session.
-        sid = d.get("agentuitySessionId")
-        if sid is not None:
-            event["agentuitySessionId"] = sid
-            event["agentuityThreadId"] = d.get("agentuityThreadId")
-            extra -= 2
-        if extra > 0:  # something besides the IDs: a span, fields, attributes a formatter added
-            span = d.get("spanId")
-            if span is not None:
-                event["spanId"] = span
-                extra -= 1
-            if extra > 0:  # fields, or attributes a formatter added
-                # LogRecord.__init__ sets its attributes first and in a known order, so fields (ours,
-                # `extra=`, a filter's) all come after them: skip the standard ones without looking.
-                standard_first = next(islice(d, _N_STD - 1, None)) == _LAST_STD
-                items: Iterable[tuple[str, Any]] = d.items()
-                if standard_first:
-                    items = islice(items, _N_STD, None)
-                for key, value in items:
-                    if key not in skip:
-                        event[key + "_" if key in SCHEMA_KEYS else key] = value
-                raw = d.get("_agentuity_raw")
-                if raw is not None:
-                    # Top-level keys set verbatim by the package itself (a finished span's spanId, name,
-                    # start...), which LogRecord attribute names would otherwise shadow.
-                    event.update(raw)
+    sid = d.get("agentuitySessionId") if extra > 0 else None
+    event: dict[str, Any]
+    if sid is None:
+        event = {"timestamp": stamp, "level": level, "logger": record.name, "message": message}
+    else:
+        # One six-key literal: growing a four-key dict past five keys would resize it.
+        event = {
+            "timestamp": stamp,
+            "level": level,
+            "logger": record.name,
+            "message": message,
+            "agentuitySessionId": sid,
+            "agentuityThreadId": d.get("agentuityThreadId"),
+        }
+        extra -= 2
+    if extra > 0:  # something besides the IDs: a span, fields, attributes a formatter added
+        span = d.get("spanId")
+        if span is not None:
+            event["spanId"] = span
+            extra -= 1
+        if extra > 0:  # fields, or attributes a formatter added
+            # LogRecord.__init__ sets its attributes first and in a known order, so fields (ours,
+            # `extra=`, a filter's) all come after them: skip the standard ones without looking.
+            standard_first = next(islice(d, _N_STD - 1, None)) == _LAST_STD
+            items: Iterable[tuple[str, Any]] = d.items()
+            if standard_first:
+                items = islice(items, _N_STD, None)
+            for key, value in items:
+                if key not in skip:
+                    event[key + "_" if key in SCHEMA_KEYS else key] = value
+            raw = d.get("_agentuity_raw")
+            if raw is not None:
+                # Top-level keys set verbatim by the package itself (a finished span's spanId, name,
+                # start...), which LogRecord attribute names would otherwise shadow.
+                event.update(raw)
     if record.exc_info or record.exc_text or record.stack_info:
         _add_exception(event, record)
     if skip is _SKIP:
