@@ -53,6 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from _callgrind import callgrind_total
 
 RUN_PATTERN = re.compile(rb"bench-([0-9a-z]+)-([0-9]+)\b")
 
@@ -510,11 +511,8 @@ def instructions_child(kind: str, url: str, n: int) -> None:
 
 def instructions_per_record(sink: Sink, kind: str, n: int) -> float:
     def total(count: int) -> int:
-        out = subprocess.run(
+        return callgrind_total(
             [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
                 sys.executable,
                 __file__,
                 "--instructions-child",
@@ -522,15 +520,8 @@ def instructions_per_record(sink: Sink, kind: str, n: int) -> float:
                 sink.url,
                 str(count),
                 *(["--session"] if IN_SESSION else []),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+            ]
         )
-        match = re.search(r"Collected : (\d+)", out.stderr)
-        if match is None:
-            raise RuntimeError(f"no callgrind total for {kind}: {out.stderr[-500:]}")
-        return int(match.group(1))
 
     return (total(11 * n) - total(n)) / (10 * n)
 

@@ -10,10 +10,10 @@ Run: python benchmarks/instructions_core.py
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import sys
+
+from _callgrind import callgrind_total
 
 CALLS = 500
 
@@ -123,25 +123,7 @@ ROWS = [
 
 
 def instructions(which: str, n: int) -> int:
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            "-c",
-            VARIANT,
-            which,
-            str(n),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    match = re.search(r"Collected : (\d+)", out.stderr)
-    if match is None:
-        raise RuntimeError(f"no callgrind total for {which}: {out.stderr[-500:]}")
-    return int(match.group(1))
+    return callgrind_total([sys.executable, "-c", VARIANT, which, str(n)])
 
 
 def per_call(which: str) -> float:

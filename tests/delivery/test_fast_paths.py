@@ -138,20 +138,25 @@ LOKI_SESSION_EVENTS = [
 ]
 
 
+def _assert_same_entry(protocol: LokiProtocol, event: dict[str, Any]) -> None:
+    """The fast record decodes to the general record's timestamp, labels, line and metadata."""
+    fast = protocol._entry(protocol.prepare(event))
+    general = protocol._entry(protocol._prepare_general(event, 0))
+    assert (fast.ts, fast.labels, fast.line, fast.metadata) == (
+        general.ts,
+        general.labels,
+        general.line,
+        general.metadata,
+    )
+
+
 class TestLokiPreparedRecords:
     def test_fast_record_decodes_like_the_general_record(self) -> None:
         """The byte-built record carries the same timestamp, labels, line and metadata."""
         protocol = LokiProtocol("http://127.0.0.1:9", encoding="json", labels={"region": "eu"})
         for event in (make_event(session=False), make_event(), make_event(service="b", env="e")):
             for _ in range(2):  # the second call finds the second cached
-                fast = protocol._entry(protocol.prepare(event))
-                general = protocol._entry(protocol._prepare_general(event, 0))
-                assert (fast.ts, fast.labels, fast.line, fast.metadata) == (
-                    general.ts,
-                    general.labels,
-                    general.line,
-                    general.metadata,
-                )
+                _assert_same_entry(protocol, event)
 
     @pytest.mark.parametrize("event", LOKI_SESSION_EVENTS)
     def test_session_record_equals_the_general_record(self, event: dict[str, Any]) -> None:
@@ -159,14 +164,7 @@ class TestLokiPreparedRecords:
         protocol = LokiProtocol("http://127.0.0.1:9", encoding="json", labels={"region": "eu"})
         for _ in range(2):  # the second call finds the second cached
             assert protocol.prepare(event) == protocol._prepare_any(event)
-        fast = protocol._entry(protocol.prepare(event))
-        general = protocol._entry(protocol._prepare_general(event, 0))
-        assert (fast.ts, fast.labels, fast.line, fast.metadata) == (
-            general.ts,
-            general.labels,
-            general.line,
-            general.metadata,
-        )
+        _assert_same_entry(protocol, event)
 
     def test_session_records_take_the_fast_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Once its second is cached, a session record is prepared without the slower paths."""
