@@ -34,6 +34,7 @@ __all__ = [
     "SPAN_KEY",
     "STRUCTLOG_KEYS",
     "THREAD_KEY",
+    "bad_arguments_message",
     "event_from_record",
     "exception_info",
     "format_timestamp",
@@ -170,10 +171,15 @@ def record_message(record: logging.LogRecord) -> str:
     try:
         return record.getMessage()
     except Exception as exc:
-        try:
-            return f"{record.msg!s} [bad log arguments {record.args!r}: {type(exc).__name__}: {exc}]"
-        except Exception:
-            return f"<unprintable log message: {type(exc).__name__}>"
+        return bad_arguments_message(record.msg, record.args, exc)
+
+
+def bad_arguments_message(msg: object, args: object, exc: Exception) -> str:
+    """Render a message whose ``%``-arguments did not fit: the template, then the arguments and why."""
+    try:
+        return f"{msg!s} [bad log arguments {args!r}: {type(exc).__name__}: {exc}]"
+    except Exception:
+        return f"<unprintable log message: {type(exc).__name__}>"
 
 
 def exception_info(
@@ -314,7 +320,7 @@ METHOD_LEVELS: Final[dict[str, int]] = {
 }
 _METHOD_NAMES: Final = {m: LEVEL_NAMES[n] for m, n in METHOD_LEVELS.items()}
 #: structlog keys that are not user fields.
-_STRUCTLOG_OWN: Final = frozenset(
+STRUCTLOG_KEYS: Final = frozenset(
     {
         "event",
         "level",
@@ -332,7 +338,6 @@ _STRUCTLOG_OWN: Final = frozenset(
         "_from_structlog",
     }
 )
-STRUCTLOG_KEYS: Final = _STRUCTLOG_OWN
 
 
 def event_from_structlog(
@@ -365,7 +370,7 @@ def event_from_structlog(
     if span is not None:
         event[SPAN_KEY] = span
     for key, value in event_dict.items():
-        if key in _STRUCTLOG_OWN:
+        if key in STRUCTLOG_KEYS:
             continue
         name = key if isinstance(key, str) else str(key)
         if name in SCHEMA_KEYS:

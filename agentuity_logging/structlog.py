@@ -34,6 +34,7 @@ from agentuity_logging._records import (
     SPAN_KEY,
     STRUCTLOG_KEYS,
     THREAD_KEY,
+    bad_arguments_message,
     event_from_structlog,
     format_timestamp,
 )
@@ -129,13 +130,13 @@ def _schema_event(logger: Any, method_name: str, event_dict: MutableMapping[str,
     return event_from_structlog(method_name, event_dict)
 
 
+_merge = _structlog.contextvars.merge_contextvars
 #: The processor chain configure() installs; while structlog still runs it, loggers take the direct methods.
-_CHAIN: list[Any] = [_structlog.contextvars.merge_contextvars, _render_to_outputs]
+_CHAIN: list[Any] = [_merge, _render_to_outputs]
 #: structlog's registry of its context variables: while it is empty, merge_contextvars has nothing to add.
 _STRUCTLOG_VARS: Mapping[str, Any] | None = getattr(_structlog.contextvars, "_CONTEXT_VARS", None)
 #: Bound field names structlog's own keys would shadow: events carrying one take structlog's general path.
 _STRUCTLOG_ONLY: Final = frozenset({"event", "logger_name", "_record", "_from_structlog"})
-_merge = _structlog.contextvars.merge_contextvars
 #: Keys that make an event take the general path: structlog's own and our schema's.
 _SPECIAL: Final = STRUCTLOG_KEYS | SCHEMA_KEYS
 
@@ -150,10 +151,7 @@ def _interpolate(event: Any, args: tuple[Any, ...]) -> Any:
             return event % args[0]
         return event % args
     except Exception as exc:
-        try:
-            return f"{event!s} [bad log arguments {args!r}: {type(exc).__name__}: {exc}]"
-        except Exception:
-            return f"<unprintable log message: {type(exc).__name__}>"
+        return bad_arguments_message(event, args, exc)
 
 
 def _direct_event(
