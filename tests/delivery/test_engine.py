@@ -92,6 +92,61 @@ class TestQueue:
         assert len(full) == 1
         assert shipper.stats()["dropped"]["queue_full"] == 19
 
+    def test_message_is_rendered_on_the_logging_thread(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """A mutable %-argument changed right after the call ships as it was when logged."""
+        shipper = datadog(make, fake_datadog)
+        items = ["first"]
+        attach(shipper).info("items %s", items)
+        items.append("later")
+        assert shipper.flush(5)
+        assert messages(fake_datadog.entries) == ["items ['first']"]
+
+    def test_record_subclass_message_is_honoured(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """A LogRecord subclass overriding getMessage() ships the message it renders."""
+
+        class Shouting(logging.LogRecord):
+            def getMessage(self) -> str:
+                return super().getMessage().upper()
+
+        shipper = datadog(make, fake_datadog)
+        logger = attach(shipper)
+        logger.handle(Shouting(logger.name, logging.INFO, __file__, 1, "hello %s", ("you",), None))
+        assert shipper.flush(5)
+        assert messages(fake_datadog.entries) == ["HELLO YOU"]
+
+    def test_arguments_that_do_not_fit_are_rendered_beside_the_message(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """%-arguments that do not fit never raise; the record ships with them beside the template."""
+        shipper = datadog(make, fake_datadog)
+        attach(shipper).info("%d items", "many")
+        assert shipper.flush(5)
+        (message,) = messages(fake_datadog.entries)
+        assert message.startswith("%d items [bad log arguments ('many',)")
+
+    def test_records_logged_on_the_worker_thread_are_dropped(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """A record logged while the worker encodes (a user __str__) is counted, never shipped."""
+        shipper = datadog(make, fake_datadog)
+        logger = attach(shipper)
+        protocol = shipper._engine.protocol
+        original = protocol.prepare
+
+        def chatty(event: dict[str, Any]) -> bytes:
+            logger.info("logged from inside the worker")
+            return original(event)
+
+        protocol.prepare = chatty  # type: ignore[method-assign]
+        logger.info("from the application")
+        assert shipper.flush(5)
+        assert messages(fake_datadog.entries) == ["from the application"]
+        assert shipper.stats()["dropped"] == {"reentrant": 1}
+
 
 class TestBatching:
     def test_batches_stay_within_max_batch_records(
