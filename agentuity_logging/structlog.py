@@ -135,6 +135,36 @@ _merge = _structlog.contextvars.merge_contextvars
 _CHAIN: list[Any] = [_merge, _render_to_outputs]
 #: structlog's registry of its context variables: while it is empty, merge_contextvars has nothing to add.
 _STRUCTLOG_VARS: Mapping[str, Any] | None = getattr(_structlog.contextvars, "_CONTEXT_VARS", None)
+_PREFIX_LEN: Final = len(getattr(_structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_"))
+# (field name, ContextVar) for each registered variable, rebuilt when the registry grows (structlog
+# only ever adds to it; clear_contextvars sets values to ``...``, it does not remove variables).
+_registered: tuple[tuple[str, Any], ...] = ()
+
+
+def _bound_contextvars() -> dict[str, Any] | None:
+    """What ``merge_contextvars`` would add: the values bound with ``bind_contextvars`` in this context.
+
+    One ``ContextVar.get()`` per registered name instead of structlog's copy of the whole context
+    and a prefix test on every variable in it (ours, asyncio's, the application's): once anything
+    was ever bound, that scan cost every structlog call ~0.7 µs, measured.
+    """
+    global _registered
+    registry = _STRUCTLOG_VARS
+    if registry is None:  # a structlog without the registry: ask structlog itself
+        return dict(_merge(None, "", {})) or None
+    if len(registry) != len(_registered):
+        # tuple() copies the items in one C call, so a thread binding a new name cannot break it.
+        _registered = tuple((name[_PREFIX_LEN:], var) for name, var in tuple(registry.items()))
+    out: dict[str, Any] | None = None
+    for key, var in _registered:
+        value = var.get()
+        if value is not Ellipsis:
+            if out is None:
+                out = {}
+            out[key] = value
+    return out
+
+
 #: Bound field names structlog's own keys would shadow: events carrying one take structlog's general path.
 _STRUCTLOG_ONLY: Final = frozenset({"event", "logger_name", "_record", "_from_structlog"})
 #: Keys that make an event take the general path: structlog's own and our schema's.
@@ -198,8 +228,8 @@ def _direct_event(
         if not _SPECIAL.isdisjoint(kw):
             return None
         out.update(kw)
-    if _STRUCTLOG_VARS:  # something was bound with bind_contextvars at some point
-        merged = _merge(None, "", {})
+    if _STRUCTLOG_VARS or _STRUCTLOG_VARS is None:  # something was bound with bind_contextvars
+        merged = _bound_contextvars()
         if merged and not _add_missing(out, merged, _SPECIAL):
             return None
     if rest and not _add_missing(out, rest, _STRUCTLOG_ONLY):

@@ -45,6 +45,28 @@ class TestDirectPath:
         assert rec["request_path"] == "/chat"
         assert rec["agentuityThreadId"] == s.thread.id
 
+    def test_contextvars_follow_the_context_they_were_bound_in(self) -> None:
+        """Names bound later are picked up; cleared ones vanish; another context sees only its own."""
+        import contextvars
+
+        out = JsonLines()
+        al.configure(format="json", stream=out)
+        log = structlog.get_logger("agent")
+        structlog.contextvars.bind_contextvars(request_path="/chat")
+        try:
+            log.info("one")
+            structlog.contextvars.bind_contextvars(new_name_for_this_test="later")
+            log.info("two")
+            contextvars.Context().run(log.info, "elsewhere")
+            structlog.contextvars.clear_contextvars()
+            log.info("cleared")
+        finally:
+            structlog.contextvars.clear_contextvars()
+        one, two, elsewhere, cleared = out.records()
+        assert (one["request_path"], "new_name_for_this_test" in one) == ("/chat", False)
+        assert (two["request_path"], two["new_name_for_this_test"]) == ("/chat", "later")
+        assert not {"request_path", "new_name_for_this_test"} & (elsewhere.keys() | cleared.keys())
+
     def test_our_loggers_have_child(self) -> None:
         """Loggers from agentuity_logging.structlog.get_logger have child(**fields)."""
         out = JsonLines()
