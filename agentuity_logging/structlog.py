@@ -131,8 +131,6 @@ def _schema_event(logger: Any, method_name: str, event_dict: MutableMapping[str,
 
 
 _merge = _structlog.contextvars.merge_contextvars
-#: The processor chain configure() installs; while structlog still runs it, loggers take the direct methods.
-_CHAIN: list[Any] = [_merge, _render_to_outputs]
 #: structlog's registry of its context variables: while it is empty, merge_contextvars has nothing to add.
 _STRUCTLOG_VARS: Mapping[str, Any] | None = getattr(_structlog.contextvars, "_CONTEXT_VARS", None)
 _PREFIX_LEN: Final = len(getattr(_structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_"))
@@ -163,6 +161,23 @@ def _bound_contextvars() -> dict[str, Any] | None:
                 out = {}
             out[key] = value
     return out
+
+
+def _merge_bound_contextvars(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """``merge_contextvars`` in the order the names were first bound, not the context's hash order.
+
+    The first processor of the chain configure() installs; the direct methods add the same values in
+    the same order, so a call gives the same line whichever way it takes.
+    """
+    bound = _bound_contextvars()
+    if bound:
+        for key, value in bound.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+#: The processor chain configure() installs; while structlog still runs it, loggers take the direct methods.
+_CHAIN: list[Any] = [_merge_bound_contextvars, _render_to_outputs]
 
 
 #: Bound field names structlog's own keys would shadow: events carrying one take structlog's general path.
@@ -272,7 +287,9 @@ def _direct_method(method_name: str, levelno: int) -> Callable[..., None]:
                 event_dict.update(kw)
                 if event is not None:
                     event_dict["event"] = event
-                out = _schema_event(dispatch, method_name, _merge(dispatch, method_name, event_dict))
+                out = _schema_event(
+                    dispatch, method_name, _merge_bound_contextvars(dispatch, method_name, event_dict)
+                )
             for handler in dispatch._handlers():
                 handler.handle_event(out, levelno)
         except Exception as exc:
