@@ -32,6 +32,7 @@ from agentuity_logging._delivery._protocol import (
     trace_context,
     validate_headers,
 )
+from agentuity_logging._records import LEVEL_NAMES, PlainValues, plain_event, plain_lines
 
 __all__ = ["DATADOG_SITES", "DatadogProtocol"]
 
@@ -174,6 +175,8 @@ class DatadogProtocol(WireProtocol):
             {"ddsource", "hostname", "status", *(("ddtags",) if self.ddtags else ())}
         )
         self._suffixes = self._reserved_suffixes()
+        # The same suffixes by level number, for plain records (``prepare_plain``).
+        self._closers = {n: self._suffixes[name] for n, name in LEVEL_NAMES.items() if name in self._suffixes}
         self._headers = validate_headers(
             {
                 "DD-API-KEY": api_key.strip(),
@@ -222,6 +225,20 @@ class DatadogProtocol(WireProtocol):
         except Exception:  # noqa: S110 - an unusual level or value: the general path handles it
             pass
         return self._prepare_general(event)
+
+    def prepare_plain(self, items: Sequence[PlainValues]) -> list[bytes]:
+        """Plain records' entries: the schema's bytes closed by the reserved attributes.
+
+        What :meth:`prepare` splices for such a record, made in one pass over the batch; an entry
+        over 1 MB is made again by :meth:`prepare`, which truncates it.
+        """
+        entries = plain_lines(items, self._closers)
+        if max(map(len, entries), default=0) > MAX_ENTRY_BYTES:
+            entries = [
+                entry if len(entry) <= MAX_ENTRY_BYTES else self.prepare(plain_event(values))
+                for entry, values in zip(entries, items, strict=True)
+            ]
+        return entries
 
     def _prepare_general(self, event: dict[str, Any]) -> bytes:
         try:

@@ -52,7 +52,16 @@ from agentuity_logging._delivery._redaction import CONTAINER_TYPES, Redactor
 from agentuity_logging._delivery._spool import DEFAULT_SPOOL_MAX_BYTES, Spool, SpoolBatch
 from agentuity_logging._errors import ConfigurationError, require
 from agentuity_logging._internal import report_once
-from agentuity_logging._records import SESSION_KEY, SPAN_KEY, THREAD_KEY, event_from_record, record_message
+from agentuity_logging._records import (
+    LEVEL_NAMES,
+    SESSION_KEY,
+    SPAN_KEY,
+    STANDARD_ATTRIBUTES,
+    THREAD_KEY,
+    event_from_record,
+    plain_event,
+    record_message,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -92,6 +101,13 @@ DEFAULT_SPOOL_FSYNC_INTERVAL_S: Final = 1.0
 # Bytes counted for a queued record on top of its message (the record object, its fields): the
 # byte bound is estimated on the application thread and exact once the worker encoded a record.
 _RECORD_OVERHEAD: Final = 256
+# What a queued item holds: a schema dict; a copy of a record's __dict__; or the values of a plain
+# record (created, levelno, name, message, session ID, thread ID), see submit_record.
+_EVENT: Final = 0
+_SNAPSHOT: Final = 1
+_PLAIN: Final = 2
+_N_STD: Final = STANDARD_ATTRIBUTES
+_PLAIN_LEVELS: Final = LEVEL_NAMES
 _EVENT_FIELD_BYTES: Final = 32
 # The HTTP client's loggers: records they emit from a worker thread are filtered out.
 _CLIENT_LOGGERS: Final = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.proxy")
@@ -412,7 +428,9 @@ def _compact(records: list[bytes]) -> list[bytes]:
     return out
 
 
+_item_payload: Final = operator.itemgetter(0)
 _item_size: Final = operator.itemgetter(1)
+_item_kind: Final = operator.itemgetter(2)
 _SID: Final = SESSION_KEY
 _TID: Final = THREAD_KEY
 _SPAN: Final = SPAN_KEY
@@ -473,8 +491,8 @@ class DeliveryEngine:
         self._progress = threading.Condition(self._lock)
         self._wakeup = threading.Event()
         self._wake_sent = False
-        # (record snapshot or schema dict, estimated bytes, whether it is a record snapshot)
-        self._incoming: list[tuple[Mapping[str, Any], int, bool]] = []
+        # (payload, size in bytes, kind): see _EVENT, _SNAPSHOT and _PLAIN.
+        self._incoming: list[tuple[Any, int, int]] = []
         self._in_records = 0
         self._in_bytes = 0
         # Prepared records held in memory: the memory store's content, or those the spool refused.
@@ -532,12 +550,14 @@ class DeliveryEngine:
         """Queue a stdlib record; called inside a log call, never raises.
 
         The application's thread does the least that keeps the record faithful: it renders the
-        message (``%``-arguments may be mutable objects the caller changes next) and copies the
-        record's ``__dict__`` (one C-level copy; other handlers keep adding attributes to the
-        record while they format it). The worker builds the schema dict from that copy. Measured,
-        building it here instead would make a log call cost 1.2x a plain ``StreamHandler``'s
-        (see ``docs/shipping.md``). When another output already built the schema dict for this
-        record, that dict is queued as is.
+        message (``%``-arguments may be mutable objects the caller changes next) and captures what
+        the event is built from. For a record holding only the standard attributes (and the
+        session IDs), with a known level and no exception or stack, that is five values in one
+        tuple; any other record's ``__dict__`` is copied (one C-level copy; other handlers keep
+        adding attributes to the record while they format it). The worker builds the schema dict
+        from either. Measured, building it here instead would make a log call cost 1.2x a plain
+        ``StreamHandler``'s (see ``docs/shipping.md``). When another output already built the
+        schema dict for this record, that dict is queued as is.
 
         The common case (queued, no batch full yet) is inlined here rather than calling
         :meth:`_submit`: a Python call and a ``with`` block cost more than the rest of the append
@@ -548,7 +568,7 @@ class DeliveryEngine:
         if event is not None:
             message = event.get("message")
             size = len(message) if type(message) is str else 0
-            self._submit(event, size + _RECORD_OVERHEAD, False)
+            self._submit(event, size + _RECORD_OVERHEAD, _EVENT)
             return
         msg = record.msg
         args = record.args
@@ -560,9 +580,37 @@ class DeliveryEngine:
                 message = record.getMessage()
         except Exception:
             message = record_message(record)
-        snapshot = attributes.copy()
-        snapshot["msg"] = message
-        snapshot["args"] = None
+        payload: Any
+        try:
+            fields = len(attributes) - _N_STD
+            plain = (
+                (
+                    fields == 0
+                    or (
+                        fields == 2
+                        and type(attributes.get(_SID)) is str
+                        and type(attributes.get(_TID)) is str
+                    )
+                )
+                and record.levelno in _PLAIN_LEVELS
+                and record.exc_info is None
+                and record.exc_text is None
+                and record.stack_info is None
+            )
+        except Exception:  # a filter set levelno to something unhashable: the general path copes
+            plain = False
+        if plain:
+            created, levelno, name = record.created, record.levelno, record.name
+            if fields:
+                payload = (created, levelno, name, message, attributes[_SID], attributes[_TID])
+            else:
+                payload = (created, levelno, name, message, None, None)
+            kind = _PLAIN
+        else:
+            payload = attributes.copy()
+            payload["msg"] = message
+            payload["args"] = None
+            kind = _SNAPSHOT
         size = len(message) + _RECORD_OVERHEAD
         if self._forks == _forks and not self._closed and _get_ident() not in _worker_threads:
             lock = self._lock
@@ -575,21 +623,21 @@ class DeliveryEngine:
                     and total <= self._room_bytes
                     and (self._wake_sent or (records < self._wake_at_records and total < self._wake_at_bytes))
                 ):
-                    self._incoming.append((snapshot, size, True))
+                    self._incoming.append((payload, size, kind))
                     self._in_records = records
                     self._in_bytes = total
                     return
             finally:
                 lock.release()
-        self._submit(snapshot, size, True)
+        self._submit(payload, size, kind)
 
     def submit_event(self, event: Mapping[str, Any]) -> None:
         """Queue a schema dict (a structlog event, or ``Shipper.send``); it must not change later."""
         message = event.get("message")
         size = len(message) if isinstance(message, str) else 0
-        self._submit(event, size + _RECORD_OVERHEAD + _EVENT_FIELD_BYTES * len(event), False)
+        self._submit(event, size + _RECORD_OVERHEAD + _EVENT_FIELD_BYTES * len(event), _EVENT)
 
-    def _submit(self, payload: Mapping[str, Any], size: int, is_record: bool) -> None:
+    def _submit(self, payload: Any, size: int, kind: int) -> None:
         """Append one item: the hot path of every log call.
 
         A few attribute reads, one uncontended lock, one append. Forks are noticed through the
@@ -605,7 +653,7 @@ class DeliveryEngine:
             records = self._in_records + 1
             total = self._in_bytes + size
             if records <= self._room_records and total <= self._room_bytes:
-                self._incoming.append((payload, size, is_record))
+                self._incoming.append((payload, size, kind))
                 self._in_records = records
                 self._in_bytes = total
                 if self._wake_sent or (records < self._wake_at_records and total < self._wake_at_bytes):
@@ -613,7 +661,7 @@ class DeliveryEngine:
                 self._wake_sent = True
                 dropped = False
             else:
-                dropped = not self._append_when_full(payload, size, is_record)
+                dropped = not self._append_when_full(payload, size, kind)
         if dropped:
             report_once(
                 f"queue-full:{self.name}",
@@ -631,7 +679,7 @@ class DeliveryEngine:
             self._start()
         self._wakeup.set()
 
-    def _append_when_full(self, payload: Mapping[str, Any], size: int, is_record: bool) -> bool:
+    def _append_when_full(self, payload: Any, size: int, kind: int) -> bool:
         """With the lock held and the queue full: wait for room if allowed, else count a drop.
 
         The newest record is the one dropped: the queued ones are older and closer to being sent.
@@ -640,7 +688,7 @@ class DeliveryEngine:
         if not self._wait_for_room(size):
             self._dropped["queue_full"] += 1
             return False
-        self._incoming.append((payload, size, is_record))
+        self._incoming.append((payload, size, kind))
         self._in_records += 1
         self._in_bytes += size
         self._wake_sent = True
@@ -978,22 +1026,11 @@ class DeliveryEngine:
         """Move queued records into the store: build, mask, encode (and append to the spool)."""
         store = self._store
         chunk = self._batch_records
-        prepare = self.protocol.prepare
         compact = not self.protocol.prepares_exact_bytes
-        from_snapshot = _snapshot_reader()
         redactor = self._s.redactor
-        masking = bool(redactor)
-        # The redactor's own fast paths, inlined (a function call costs as much as a check). A
-        # stdlib record's event holding only schema keys is clean: the builder renders timestamp,
-        # level, logger and message as text, so only the IDs' values need a look. Any other event
-        # is clean when all its names are known to be harmless and it holds no container.
-        schema_clean = redactor.schema_names_clean
-        harmless = redactor.harmless_names
-        containers = CONTAINER_TYPES
-        # Locals: a session record pays for this check on every record (global look-ups and
-        # additions measured ~360 instructions of its ~1,660).
-        base_keys, with_ids, with_span = _BASE_KEYS, _BASE_KEYS + 2, _BASE_KEYS + 3
-        sid_key, tid_key, span_key, text_types = _SID, _TID, _SPAN, _TEXT
+        # Plain records hold schema text and text IDs only: clean unless a pattern names a schema key.
+        plain_clean = not redactor or redactor.schema_names_clean
+        prepare_plain, only_plain = self.protocol.prepare_plain, {_PLAIN}
         while True:
             if self._held and not self._store_held():
                 return  # the spool is full: records wait in memory until deliveries free room
@@ -1011,48 +1048,18 @@ class DeliveryEngine:
                     size_in = -1
             if size_in < 0:
                 size_in = sum(map(_item_size, items))
-            prepared: list[bytes] = []
-            append = prepared.append
+            prepared: list[bytes] | None = None
             failed = 0
-            event: Mapping[str, Any]
-            for payload, _, is_record in items:
+            if plain_clean and set(map(_item_kind, items)) == only_plain:
+                # The common batch: plain records only. The protocol builds them in one pass.
                 try:
-                    if is_record:
-                        event = from_snapshot(payload)  # type: ignore[arg-type]
-                        # The builder always starts with timestamp, level, logger and message (all
-                        # text); in a session the IDs follow (and a span ID in a span). Such an
-                        # event needs no look at its names, only at the IDs' values, which a
-                        # caller could have set to anything through ``extra=``.
-                        if masking and not (
-                            schema_clean
-                            and (
-                                (keys := len(event)) == base_keys
-                                or (
-                                    type(event.get(sid_key)) is str
-                                    and type(event[tid_key]) in text_types
-                                    and (
-                                        keys == with_ids
-                                        or (keys == with_span and type(event.get(span_key)) is str)
-                                    )
-                                )
-                            )
-                        ):
-                            event = redactor(event)
-                    else:
-                        event = payload if type(payload) is dict else dict(payload)
-                        if masking and not (
-                            harmless.issuperset(event) and containers.isdisjoint(map(type, event.values()))
-                        ):
-                            event = redactor(event)
-                    append(prepare(event if type(event) is dict else dict(event)))
-                except Exception as exc:
-                    failed += 1
-                    report_once(
-                        f"prepare:{self.name}",
-                        "%s: could not encode a record, dropped: %r",
-                        self.name,
-                        exc,
-                    )
+                    prepared = prepare_plain(list(map(_item_payload, items)))
+                    if len(prepared) != len(items):
+                        prepared = None  # a protocol bug; the general path keeps the count right
+                except Exception:
+                    prepared = None  # something it could not take this way: record by record
+            if prepared is None:
+                prepared, failed = self._prepare_each(items)
             if prepared and compact:
                 prepared = _compact(prepared)
             size = sum(map(len, prepared))
@@ -1082,6 +1089,75 @@ class DeliveryEngine:
             if refused:
                 self._spool_refused(refused)
                 return
+
+    def _prepare_each(self, items: list[tuple[Any, int, int]]) -> tuple[list[bytes], int]:
+        """Build, mask and prepare queued items one by one; the prepared records and the failures."""
+        prepare = self.protocol.prepare
+        from_snapshot = _snapshot_reader()
+        redactor = self._s.redactor
+        masking = bool(redactor)
+        # The redactor's own fast paths, inlined (a function call costs as much as a check). A
+        # stdlib record's event holding only schema keys is clean: the builder renders timestamp,
+        # level, logger and message as text, so only the IDs' values need a look. Any other event
+        # is clean when all its names are known to be harmless and it holds no container.
+        schema_clean = redactor.schema_names_clean
+        harmless = redactor.harmless_names
+        containers = CONTAINER_TYPES
+        # Locals: a session record pays for this check on every record (global look-ups and
+        # additions measured ~360 instructions of its ~1,660).
+        base_keys, with_ids, with_span = _BASE_KEYS, _BASE_KEYS + 2, _BASE_KEYS + 3
+        sid_key, tid_key, span_key, text_types = _SID, _TID, _SPAN, _TEXT
+        plain, snapshot, build_plain = _PLAIN, _SNAPSHOT, plain_event
+        plain_clean = not masking or schema_clean
+        prepared: list[bytes] = []
+        append = prepared.append
+        failed = 0
+        event: Mapping[str, Any]
+        for payload, _, kind in items:
+            try:
+                if kind == plain:
+                    event = build_plain(payload)
+                    if not plain_clean:
+                        event = redactor(event)
+                    append(prepare(event if type(event) is dict else dict(event)))
+                    continue
+                if kind == snapshot:
+                    event = from_snapshot(payload)
+                    # The builder always starts with timestamp, level, logger and message (all
+                    # text); in a session the IDs follow (and a span ID in a span). Such an
+                    # event needs no look at its names, only at the IDs' values, which a
+                    # caller could have set to anything through ``extra=``.
+                    if masking and not (
+                        schema_clean
+                        and (
+                            (keys := len(event)) == base_keys
+                            or (
+                                type(event.get(sid_key)) is str
+                                and type(event[tid_key]) in text_types
+                                and (
+                                    keys == with_ids
+                                    or (keys == with_span and type(event.get(span_key)) is str)
+                                )
+                            )
+                        )
+                    ):
+                        event = redactor(event)
+                else:
+                    event = payload if type(payload) is dict else dict(payload)
+                    if masking and not (
+                        harmless.issuperset(event) and containers.isdisjoint(map(type, event.values()))
+                    ):
+                        event = redactor(event)
+                append(prepare(event if type(event) is dict else dict(event)))
+            except Exception as exc:
+                failed += 1
+                report_once(
+                    f"prepare:{self.name}",
+                    "%s: could not encode a record, dropped: %r",
+                    self.name,
+                    exc,
+                )
+        return prepared, failed
 
     def _store_held(self) -> bool:
         """Offer the records the spool refused earlier again; whether all of them fit now."""

@@ -36,6 +36,7 @@ from agentuity_logging._delivery._protocol import (
     safe_text,
     validate_headers,
 )
+from agentuity_logging._records import LEVEL_NAMES, PlainValues, plain_event, plain_lines
 
 __all__ = ["LokiProtocol", "format_labels", "quote_label_value"]
 
@@ -249,6 +250,10 @@ class LokiProtocol(WireProtocol):
             level: _dumps(self._stream_labels({"level": level}), option=orjson.OPT_SORT_KEYS) + b"\n"
             for level in ("debug", "info", "warning", "error", "critical")
         }
+        # The same by level number, for plain records (``prepare_plain``).
+        self._levelno_labels = {
+            n: self._level_labels[name] for n, name in LEVEL_NAMES.items() if name in self._level_labels
+        }
         # "2026-11-25T10:44:59." -> "1795603499": the seconds of recent timestamps.
         self._seconds: dict[str, str] = {}
 
@@ -297,6 +302,32 @@ class LokiProtocol(WireProtocol):
         except Exception:  # noqa: S110 - an unusual value: the slower paths render it
             pass
         return self._prepare_any(event)
+
+    def prepare_plain(self, items: Sequence[PlainValues]) -> list[bytes]:
+        """Plain records, as :meth:`prepare`'s fast path writes them, in one pass over the batch.
+
+        Each line is the schema's JSON; its nanoseconds are the cached second's digits and the
+        line's six fraction digits. A record this cannot take as is (a second not cached yet, a
+        line over the limit, long IDs) goes through :meth:`prepare`, which also caches its second.
+        """
+        labels_of, seconds_of, dumps = self._levelno_labels, self._seconds, _dumps
+        out: list[bytes] = []
+        append = out.append
+        for line, values in zip(plain_lines(items), items, strict=True):
+            text = line.decode()
+            # {"timestamp":"2026-11-25T10:44:59.123456Z",...: the stamp is text[14:41].
+            seconds = seconds_of.get(text[14:34])
+            labels = labels_of.get(values[1])
+            sid, tid = values[4], values[5]
+            if seconds is None or labels is None or len(line) > MAX_LINE_BYTES:
+                append(self.prepare(plain_event(values)))
+            elif sid is None:
+                append(labels + dumps((seconds + text[34:40] + "000", text)))
+            elif len(sid) + len(tid) <= MAX_METADATA_VALUE_CHARS:  # type: ignore[arg-type]
+                append(labels + dumps((seconds + text[34:40] + "000", text, {_SID: sid, _TID: tid})))
+            else:
+                append(self.prepare(plain_event(values)))
+        return out
 
     def _prepare_any(self, event: dict[str, Any]) -> bytes:
         """The same format for any labels and metadata; other records go to the general path."""

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from agentuity_logging import _json
+from agentuity_logging._records import PlainValues, plain_event
 
 __all__ = [
     "MESSAGE_LIMIT_CHARS",
@@ -123,6 +124,16 @@ class WireProtocol(abc.ABC):
     @abc.abstractmethod
     def prepare(self, event: dict[str, Any]) -> bytes:
         """Serialize one event for this backend; applies per-record limits and never raises."""
+
+    def prepare_plain(self, items: Sequence[PlainValues]) -> list[bytes]:
+        """Serialize plain records (see :func:`~agentuity_logging._records.plain_event`) at once.
+
+        The engine's batch path for the common record: a protocol overrides it to build the bytes
+        ``prepare(plain_event(values))`` would give without building each event dict. It may raise
+        on a record it cannot take this way; the engine then prepares the batch record by record.
+        """
+        prepare = self.prepare
+        return [prepare(plain_event(values)) for values in items]
 
     @abc.abstractmethod
     def encode(self, prepared: Sequence[bytes]) -> Request:

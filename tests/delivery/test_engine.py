@@ -134,15 +134,15 @@ class TestQueue:
         """A record logged while the worker encodes (a user __str__) is counted, never shipped."""
         shipper = datadog(make, fake_datadog)
         logger = attach(shipper)
-        protocol = shipper._engine.protocol
-        original = protocol.prepare
 
-        def chatty(event: dict[str, Any]) -> bytes:
-            logger.info("logged from inside the worker")
-            return original(event)
+        class Chatty:
+            """A field value whose text logs: orjson cannot encode it, so the worker calls str()."""
 
-        protocol.prepare = chatty  # type: ignore[method-assign]
-        logger.info("from the application")
+            def __str__(self) -> str:
+                logger.info("logged from inside the worker")
+                return "chatty"
+
+        logger.info("from the application", extra={"thing": Chatty()})
         assert shipper.flush(5)
         assert messages(fake_datadog.entries) == ["from the application"]
         assert shipper.stats()["dropped"] == {"reentrant": 1}
@@ -207,16 +207,23 @@ class TestBatching:
         shipper = datadog(make, fake_datadog)
         threads: list[str] = []
         protocol = shipper._engine.protocol
-        original = protocol.prepare
+        original, original_plain = protocol.prepare, protocol.prepare_plain
 
         def spy(event: dict[str, Any]) -> bytes:
             threads.append(threading.current_thread().name)
             return original(event)
 
+        def spy_plain(items: Any) -> list[bytes]:
+            threads.append(threading.current_thread().name)
+            return original_plain(items)
+
         protocol.prepare = spy  # type: ignore[method-assign]
-        attach(shipper).info("hello")
+        protocol.prepare_plain = spy_plain  # type: ignore[method-assign]
+        logger = attach(shipper)
+        logger.info("hello")  # a plain record: the batch path
+        logger.info("with a field", extra={"user": 7})  # the record-by-record path
         assert shipper.flush(5)
-        assert threads == ["agentuity-logging-datadog"]
+        assert threads == ["agentuity-logging-datadog"] * 2
 
     def test_worker_is_a_named_daemon_thread(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> None:
         """The worker is a daemon thread named after the protocol, started by the first record."""

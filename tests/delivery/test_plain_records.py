@@ -1,0 +1,226 @@
+"""Plain records: what a log call captures of the common record, and the batch path built on it.
+
+A record holding only the standard attributes (and the session's text IDs), at a standard level,
+with no exception or stack, is queued as six values instead of a copy of its ``__dict__``, and the
+worker builds a whole batch of them in one pass. These tests pin that every step gives exactly
+what the general path gives, and that anything else still takes the general path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentuity_logging._delivery._datadog import MAX_ENTRY_BYTES, DatadogProtocol
+from agentuity_logging._delivery._engine import _PLAIN, _SNAPSHOT
+from agentuity_logging._delivery._loki import MAX_METADATA_VALUE_CHARS, LokiProtocol
+from agentuity_logging._delivery._redaction import REDACTED
+from agentuity_logging._records import PlainValues, event_from_record, plain_event, plain_lines
+from agentuity_logging.shipping import DatadogShipper
+from tests.fakes.datadog import FakeDatadog
+from tests.fakes.events import SESSION_ID, THREAD_ID
+
+from .shipping_support import ShipperFactory, attach, shipper_factory
+
+KEY = "k-0123456789abcdef"
+LEVELS = [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL]
+
+# Times around now, second boundaries, the epoch and far futures: the cached-second arithmetic must
+# agree with the general path everywhere.
+times = st.one_of(
+    st.floats(min_value=1.7e9, max_value=1.9e9, allow_nan=False),
+    st.integers(min_value=0, max_value=4_000_000_000).map(lambda s: s + 0.999_999_7),
+    st.integers(min_value=0, max_value=4_000_000_000).map(float),
+    st.floats(min_value=0.0, max_value=2.0),
+)
+texts = st.text(min_size=0, max_size=40)
+ids = st.one_of(st.none(), st.tuples(texts, texts))
+plain_values = st.builds(
+    lambda created, levelno, name, message, pair: (
+        created,
+        levelno,
+        name,
+        message,
+        *(pair if pair is not None else (None, None)),
+    ),
+    times,
+    st.sampled_from(LEVELS),
+    texts,
+    texts,
+    ids,
+)
+
+
+def record_of(values: PlainValues) -> logging.LogRecord:
+    """The stdlib record these values were captured from."""
+    created, levelno, name, message, sid, tid = values
+    record = logging.LogRecord(name, levelno, __file__, 1, message, None, None)
+    record.created = created
+    if sid is not None:
+        record.agentuitySessionId = sid
+        record.agentuityThreadId = tid
+    return record
+
+
+class TestPlainEvent:
+    @settings(max_examples=300, deadline=None)
+    @given(values=plain_values)
+    def test_equals_the_schema_builder(self, values: PlainValues) -> None:
+        """The event built from the captured values is the one the schema builder makes."""
+        assert plain_event(values) == event_from_record(record_of(values))
+        assert list(plain_event(values)) == list(event_from_record(record_of(values)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(batch=st.lists(plain_values, max_size=8))
+    def test_lines_are_the_events_json(self, batch: list[PlainValues]) -> None:
+        """Each batch line is byte for byte the orjson encoding of its event."""
+        try:
+            expected = [orjson.dumps(plain_event(values)) for values in batch]
+        except orjson.JSONEncodeError:
+            with pytest.raises(orjson.JSONEncodeError):
+                plain_lines(batch)  # lone surrogates: the batch path refuses, the caller falls back
+            return
+        assert plain_lines(batch) == expected
+
+    def test_lines_end_with_the_closer_of_their_level(self) -> None:
+        """A protocol's closer replaces the closing brace, per level."""
+        batch: list[PlainValues] = [(1.5e9, logging.INFO, "a", "m", None, None)]
+        closers = {logging.INFO: b',"x":1}'}
+        (line,) = plain_lines(batch, closers)
+        assert orjson.loads(line) == {**plain_event(batch[0]), "x": 1}
+
+    def test_a_level_without_a_closer_raises(self) -> None:
+        """A level the protocol has no closer for makes the batch path refuse (never a wrong line)."""
+        with pytest.raises(KeyError):
+            plain_lines([(1.5e9, logging.DEBUG, "a", "m", None, None)], {logging.INFO: b"}"})
+
+
+def batch_of(n: int, *, session: bool = True, start: float = 1.8e9) -> list[PlainValues]:
+    sid, tid = (SESSION_ID, THREAD_ID) if session else (None, None)
+    return [(start + i * 0.37, LEVELS[i % 5], "app.agent", f'record {i} "q" \n', sid, tid) for i in range(n)]
+
+
+class TestProtocols:
+    @pytest.mark.parametrize(
+        "options",
+        [{}, {"service": "planner", "tags": {"env": "prod"}, "hostname": "h1", "source": "agents"}],
+        ids=["defaults", "configured"],
+    )
+    @pytest.mark.parametrize("session", [True, False])
+    def test_datadog_batch_equals_its_record_by_record_entries(self, options: Any, session: bool) -> None:
+        """Datadog's batch path gives the entries ``prepare`` gives, in order."""
+        protocol = DatadogProtocol(KEY, **options)
+        batch = batch_of(12, session=session)
+        assert protocol.prepare_plain(batch) == [protocol.prepare(plain_event(v)) for v in batch]
+
+    def test_datadog_truncates_an_entry_over_the_limit(self) -> None:
+        """An entry over 1 MB is truncated with a marker in the batch path too, never dropped."""
+        protocol = DatadogProtocol(KEY)
+        batch = [*batch_of(2), (1.8e9, logging.INFO, "big", "x" * (MAX_ENTRY_BYTES + 10), None, None)]
+        entries = protocol.prepare_plain(batch)
+        assert len(entries) == 3
+        assert entries[:2] == [protocol.prepare(plain_event(v)) for v in batch[:2]]
+        assert len(entries[2]) <= MAX_ENTRY_BYTES
+        assert entries[2] == protocol.prepare(plain_event(batch[2]))
+
+    @pytest.mark.parametrize("session", [True, False])
+    def test_loki_batch_equals_its_record_by_record_records(self, session: bool) -> None:
+        """Loki's batch path gives the records ``prepare`` gives, seconds cached or not."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json", labels={"region": "eu"})
+        batch = batch_of(12, session=session)  # spans several seconds: some are not cached yet
+        first = protocol.prepare_plain(batch)
+        assert first == [protocol.prepare(plain_event(v)) for v in batch]
+        assert protocol.prepare_plain(batch) == first  # now every second is cached
+
+    def test_loki_long_ids_take_the_general_path(self) -> None:
+        """IDs over the metadata cap are shortened as ``prepare`` does it, not kept whole."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json")
+        long_id = "sess_" + "a" * MAX_METADATA_VALUE_CHARS
+        batch: list[PlainValues] = [(1.8e9, logging.INFO, "a", "m", long_id, THREAD_ID)] * 2
+        assert protocol.prepare_plain(batch) == [protocol.prepare(plain_event(v)) for v in batch]
+
+    def test_other_protocols_use_prepare(self) -> None:
+        """A protocol without a batch path prepares each record's event (the default)."""
+        from agentuity_logging._delivery._http import HTTPProtocol
+
+        protocol = HTTPProtocol("http://127.0.0.1:9/logs")
+        batch = batch_of(3)
+        assert protocol.prepare_plain(batch) == [protocol.prepare(plain_event(v)) for v in batch]
+
+
+class TestCapture:
+    """Which records a log call queues as plain values."""
+
+    @pytest.fixture
+    def shipper(self, fake_datadog: FakeDatadog) -> Any:
+        factory = shipper_factory()
+        make: ShipperFactory = next(factory)
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
+        yield shipper
+        next(factory, None)
+
+    def kinds(self, shipper: Any, log: Any) -> list[int]:
+        """The kinds of what ``log`` queued (before the worker starts, every record takes ``_submit``)."""
+        queued: list[int] = []
+        shipper._engine._submit = lambda payload, size, kind: queued.append(kind)
+        log(attach(shipper))
+        return queued
+
+    def test_a_bare_record_is_plain(self, shipper: Any) -> None:
+        """A message at a standard level, no fields: plain."""
+        assert self.kinds(shipper, lambda log: log.info("hi %s", "there")) == [_PLAIN]
+
+    def test_a_record_with_text_ids_is_plain(self, shipper: Any) -> None:
+        """The session's IDs as text: plain."""
+        extra = {"agentuitySessionId": SESSION_ID, "agentuityThreadId": THREAD_ID}
+        assert self.kinds(shipper, lambda log: log.warning("hi", extra=extra)) == [_PLAIN]
+
+    @pytest.mark.parametrize(
+        "log",
+        [
+            lambda log: log.info("hi", extra={"user": 7}),
+            lambda log: log.info("hi", extra={"agentuitySessionId": {"x": 1}, "agentuityThreadId": "t"}),
+            lambda log: log.info("hi", extra={"agentuitySessionId": "s", "user": 1}),
+            lambda log: log.log(25, "custom level"),
+            lambda log: log.info("hi", stack_info=True),
+            lambda log: log.error("boom", exc_info=ValueError("x")),
+        ],
+        ids=["field", "non-text-id", "id-and-field", "custom-level", "stack", "exception"],
+    )
+    def test_anything_else_is_a_snapshot(self, shipper: Any, log: Any) -> None:
+        """Fields, non-text IDs, odd levels, stacks and exceptions keep the record's attributes."""
+        assert self.kinds(shipper, log) == [_SNAPSHOT]
+
+
+class TestDelivery:
+    @pytest.fixture
+    def make(self) -> Any:
+        yield from shipper_factory()
+
+    def test_a_refused_message_does_not_cost_its_batch(self, fake_datadog: FakeDatadog, make: Any) -> None:
+        """A message the batch path refuses (a lone surrogate) ships through the general path."""
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
+        logger = attach(shipper)
+        for i in range(5):
+            logger.info("record %d", i)
+        logger.info(b"caf\xe9".decode("utf-8", "surrogateescape"))
+        assert shipper.flush(5)
+        messages = [entry["message"] for entry in fake_datadog.entries]
+        assert messages[:5] == [f"record {i}" for i in range(5)]
+        assert len(messages) == 6
+        assert messages[5].startswith("caf")
+        assert shipper.stats()["dropped"] == {}
+
+    def test_masking_a_schema_key_reaches_plain_records(self, fake_datadog: FakeDatadog, make: Any) -> None:
+        """A redaction pattern naming a schema key masks it in plain records too."""
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url, redact=["logger"])
+        attach(shipper).info("hello")
+        assert shipper.flush(5)
+        (entry,) = fake_datadog.entries
+        assert entry["message"] == "hello"
+        assert entry["logger"] == REDACTED
