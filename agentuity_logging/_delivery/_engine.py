@@ -35,7 +35,6 @@ import bisect
 import itertools
 import logging
 import math
-import operator
 import os
 import random
 import signal
@@ -101,11 +100,9 @@ DEFAULT_SPOOL_FSYNC_INTERVAL_S: Final = 1.0
 # Bytes counted for a queued record on top of its message (the record object, its fields): the
 # byte bound is estimated on the application thread and exact once the worker encoded a record.
 _RECORD_OVERHEAD: Final = 256
-# What a queued item holds: a schema dict; a copy of a record's __dict__; or the values of a plain
-# record (created, levelno, name, message, session ID, thread ID), see submit_record.
-_EVENT: Final = 0
-_SNAPSHOT: Final = 1
-_PLAIN: Final = 2
+# A queued item is told by its type alone (no wrapper tuple per record): a ``tuple`` holds the
+# values of a plain record (see ``_records.plain_event``), a ``dict`` is a schema event, and a
+# ``list`` holds one copy of a record's ``__dict__`` (a "snapshot").
 _N_STD: Final = STANDARD_ATTRIBUTES
 _PLAIN_LEVELS: Final = LEVEL_NAMES
 _EVENT_FIELD_BYTES: Final = 32
@@ -428,9 +425,6 @@ def _compact(records: list[bytes]) -> list[bytes]:
     return out
 
 
-_item_payload: Final = operator.itemgetter(0)
-_item_size: Final = operator.itemgetter(1)
-_item_kind: Final = operator.itemgetter(2)
 _SID: Final = SESSION_KEY
 _TID: Final = THREAD_KEY
 _SPAN: Final = SPAN_KEY
@@ -491,8 +485,8 @@ class DeliveryEngine:
         self._progress = threading.Condition(self._lock)
         self._wakeup = threading.Event()
         self._wake_sent = False
-        # (payload, size in bytes, kind): see _EVENT, _SNAPSHOT and _PLAIN.
-        self._incoming: list[tuple[Any, int, int]] = []
+        # Plain values, schema events and snapshots, in arrival order (see _drain for the types).
+        self._incoming: list[Any] = []
         self._in_records = 0
         self._in_bytes = 0
         # Prepared records held in memory: the memory store's content, or those the spool refused.
@@ -568,7 +562,7 @@ class DeliveryEngine:
         if event is not None:
             message = event.get("message")
             size = len(message) if type(message) is str else 0
-            self._submit(event, size + _RECORD_OVERHEAD, _EVENT)
+            self._submit(event if type(event) is dict else dict(event), size + _RECORD_OVERHEAD)
             return
         msg = record.msg
         args = record.args
@@ -605,12 +599,11 @@ class DeliveryEngine:
                 payload = (created, levelno, name, message, attributes[_SID], attributes[_TID])
             else:
                 payload = (created, levelno, name, message, None, None)
-            kind = _PLAIN
         else:
-            payload = attributes.copy()
-            payload["msg"] = message
-            payload["args"] = None
-            kind = _SNAPSHOT
+            snapshot = attributes.copy()
+            snapshot["msg"] = message
+            snapshot["args"] = None
+            payload = [snapshot]
         size = len(message) + _RECORD_OVERHEAD
         if self._forks == _forks and not self._closed and _get_ident() not in _worker_threads:
             lock = self._lock
@@ -623,21 +616,22 @@ class DeliveryEngine:
                     and total <= self._room_bytes
                     and (self._wake_sent or (records < self._wake_at_records and total < self._wake_at_bytes))
                 ):
-                    self._incoming.append((payload, size, kind))
+                    self._incoming.append(payload)
                     self._in_records = records
                     self._in_bytes = total
                     return
             finally:
                 lock.release()
-        self._submit(payload, size, kind)
+        self._submit(payload, size)
 
     def submit_event(self, event: Mapping[str, Any]) -> None:
         """Queue a schema dict (a structlog event, or ``Shipper.send``); it must not change later."""
         message = event.get("message")
         size = len(message) if isinstance(message, str) else 0
-        self._submit(event, size + _RECORD_OVERHEAD + _EVENT_FIELD_BYTES * len(event), _EVENT)
+        size += _RECORD_OVERHEAD + _EVENT_FIELD_BYTES * len(event)
+        self._submit(event if type(event) is dict else dict(event), size)
 
-    def _submit(self, payload: Any, size: int, kind: int) -> None:
+    def _submit(self, payload: Any, size: int) -> None:
         """Append one item: the hot path of every log call.
 
         A few attribute reads, one uncontended lock, one append. Forks are noticed through the
@@ -653,7 +647,7 @@ class DeliveryEngine:
             records = self._in_records + 1
             total = self._in_bytes + size
             if records <= self._room_records and total <= self._room_bytes:
-                self._incoming.append((payload, size, kind))
+                self._incoming.append(payload)
                 self._in_records = records
                 self._in_bytes = total
                 if self._wake_sent or (records < self._wake_at_records and total < self._wake_at_bytes):
@@ -661,7 +655,7 @@ class DeliveryEngine:
                 self._wake_sent = True
                 dropped = False
             else:
-                dropped = not self._append_when_full(payload, size, kind)
+                dropped = not self._append_when_full(payload, size)
         if dropped:
             report_once(
                 f"queue-full:{self.name}",
@@ -679,7 +673,7 @@ class DeliveryEngine:
             self._start()
         self._wakeup.set()
 
-    def _append_when_full(self, payload: Any, size: int, kind: int) -> bool:
+    def _append_when_full(self, payload: Any, size: int) -> bool:
         """With the lock held and the queue full: wait for room if allowed, else count a drop.
 
         The newest record is the one dropped: the queued ones are older and closer to being sent.
@@ -688,7 +682,7 @@ class DeliveryEngine:
         if not self._wait_for_room(size):
             self._dropped["queue_full"] += 1
             return False
-        self._incoming.append((payload, size, kind))
+        self._incoming.append(payload)
         self._in_records += 1
         self._in_bytes += size
         self._wake_sent = True
@@ -1025,35 +1019,27 @@ class DeliveryEngine:
     def _drain(self) -> None:
         """Move queued records into the store: build, mask, encode (and append to the spool)."""
         store = self._store
-        chunk = self._batch_records
         compact = not self.protocol.prepares_exact_bytes
         redactor = self._s.redactor
         # Plain records hold schema text and text IDs only: clean unless a pattern names a schema key.
         plain_clean = not redactor or redactor.schema_names_clean
-        prepare_plain, only_plain = self.protocol.prepare_plain, {_PLAIN}
+        prepare_plain, only_plain = self.protocol.prepare_plain, {tuple}
         while True:
             if self._held and not self._store_held():
                 return  # the spool is full: records wait in memory until deliveries free room
             with self._lock:
-                incoming = self._incoming
-                if not incoming:
+                # Everything queued, in one swap: the lock is held and producers wait for it.
+                items = self._incoming
+                if not items:
                     return
-                # Slices, not a pop per record: the lock is held and producers wait for it.
-                if len(incoming) <= chunk:
-                    items, self._incoming = incoming, []
-                    size_in = self._in_bytes  # the byte count of exactly these items
-                else:
-                    items = incoming[:chunk]
-                    del incoming[:chunk]
-                    size_in = -1
-            if size_in < 0:
-                size_in = sum(map(_item_size, items))
+                self._incoming = []
+                size_in = self._in_bytes  # the byte count of exactly these items
             prepared: list[bytes] | None = None
             failed = 0
-            if plain_clean and set(map(_item_kind, items)) == only_plain:
+            if plain_clean and set(map(type, items)) == only_plain:
                 # The common batch: plain records only. The protocol builds them in one pass.
                 try:
-                    prepared = prepare_plain(list(map(_item_payload, items)))
+                    prepared = prepare_plain(items)
                     if len(prepared) != len(items):
                         prepared = None  # a protocol bug; the general path keeps the count right
                 except Exception:
@@ -1090,7 +1076,7 @@ class DeliveryEngine:
                 self._spool_refused(refused)
                 return
 
-    def _prepare_each(self, items: list[tuple[Any, int, int]]) -> tuple[list[bytes], int]:
+    def _prepare_each(self, items: list[Any]) -> tuple[list[bytes], int]:
         """Build, mask and prepare queued items one by one; the prepared records and the failures."""
         prepare = self.protocol.prepare
         from_snapshot = _snapshot_reader()
@@ -1107,22 +1093,23 @@ class DeliveryEngine:
         # additions measured ~360 instructions of its ~1,660).
         base_keys, with_ids, with_span = _BASE_KEYS, _BASE_KEYS + 2, _BASE_KEYS + 3
         sid_key, tid_key, span_key, text_types = _SID, _TID, _SPAN, _TEXT
-        plain, snapshot, build_plain = _PLAIN, _SNAPSHOT, plain_event
+        build_plain = plain_event
         plain_clean = not masking or schema_clean
         prepared: list[bytes] = []
         append = prepared.append
         failed = 0
         event: Mapping[str, Any]
-        for payload, _, kind in items:
+        for payload in items:
             try:
-                if kind == plain:
+                kind = type(payload)
+                if kind is tuple:
                     event = build_plain(payload)
                     if not plain_clean:
                         event = redactor(event)
                     append(prepare(event if type(event) is dict else dict(event)))
                     continue
-                if kind == snapshot:
-                    event = from_snapshot(payload)
+                if kind is list:
+                    event = from_snapshot(payload[0])
                     # The builder always starts with timestamp, level, logger and message (all
                     # text); in a session the IDs follow (and a span ID in a span). Such an
                     # event needs no look at its names, only at the IDs' values, which a
@@ -1143,7 +1130,7 @@ class DeliveryEngine:
                     ):
                         event = redactor(event)
                 else:
-                    event = payload if type(payload) is dict else dict(payload)
+                    event = payload
                     if masking and not (
                         harmless.issuperset(event) and containers.isdisjoint(map(type, event.values()))
                     ):

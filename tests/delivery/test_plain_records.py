@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentuity_logging._delivery._datadog import MAX_ENTRY_BYTES, DatadogProtocol
-from agentuity_logging._delivery._engine import _PLAIN, _SNAPSHOT
 from agentuity_logging._delivery._loki import MAX_METADATA_VALUE_CHARS, LokiProtocol
 from agentuity_logging._delivery._redaction import REDACTED
 from agentuity_logging._records import PlainValues, event_from_record, plain_event, plain_lines
@@ -176,21 +175,33 @@ class TestCapture:
         yield shipper
         next(factory, None)
 
-    def kinds(self, shipper: Any, log: Any) -> list[int]:
-        """The kinds of what ``log`` queued (before the worker starts, every record takes ``_submit``)."""
-        queued: list[int] = []
-        shipper._engine._submit = lambda payload, size, kind: queued.append(kind)
+    def kinds(self, shipper: Any, log: Any) -> list[type]:
+        """The types of what ``log`` queued (before the worker starts, every record takes ``_submit``).
+
+        A ``tuple`` is a plain record's values, a ``list`` holds a copy of the record's attributes.
+        """
+        queued: list[type] = []
+        shipper._engine._submit = lambda payload, size: queued.append(type(payload))
         log(attach(shipper))
         return queued
 
     def test_a_bare_record_is_plain(self, shipper: Any) -> None:
         """A message at a standard level, no fields: plain."""
-        assert self.kinds(shipper, lambda log: log.info("hi %s", "there")) == [_PLAIN]
+        assert self.kinds(shipper, lambda log: log.info("hi %s", "there")) == [tuple]
 
     def test_a_record_with_text_ids_is_plain(self, shipper: Any) -> None:
         """The session's IDs as text: plain."""
         extra = {"agentuitySessionId": SESSION_ID, "agentuityThreadId": THREAD_ID}
-        assert self.kinds(shipper, lambda log: log.warning("hi", extra=extra)) == [_PLAIN]
+        assert self.kinds(shipper, lambda log: log.warning("hi", extra=extra)) == [tuple]
+
+    def test_a_schema_event_is_queued_as_a_dict(self, shipper: Any) -> None:
+        """An event some output already built (configure()'s stream output) is queued as is."""
+        event = {"timestamp": "2026-12-06T07:00:00.000000Z", "level": "info", "logger": "a", "message": "m"}
+
+        def log(logger: logging.Logger) -> None:
+            logger.info("m", extra={"_agentuity_event": event})
+
+        assert self.kinds(shipper, log) == [dict]
 
     @pytest.mark.parametrize(
         "log",
@@ -206,7 +217,7 @@ class TestCapture:
     )
     def test_anything_else_is_a_snapshot(self, shipper: Any, log: Any) -> None:
         """Fields, non-text IDs, odd levels, stacks and exceptions keep the record's attributes."""
-        assert self.kinds(shipper, log) == [_SNAPSHOT]
+        assert self.kinds(shipper, log) == [list]
 
 
 class TestDelivery:
