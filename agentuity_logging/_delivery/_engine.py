@@ -1253,7 +1253,8 @@ class DeliveryEngine:
         deadline passed, or the credentials were refused (sending paused).
         """
         try:
-            request = self.protocol.encode(records)
+            # Records in memory are what prepare() returned; records on disk get checked.
+            request = self.protocol.encode(records, verified=self._spool is None)
         except Exception as exc:
             self._count_drop("encode_error", len(records), f"could not build a request: {exc!r}")
             return Outcome.REFUSED

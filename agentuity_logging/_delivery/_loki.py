@@ -431,7 +431,7 @@ class LokiProtocol(WireProtocol):
             entries.sort(key=lambda e: e.ts)
         return streams
 
-    def encode(self, prepared: Sequence[bytes]) -> Request:
+    def encode(self, prepared: Sequence[bytes], *, verified: bool = False) -> Request:
         """One push request: protobuf ``PushRequest`` + snappy block, or gzip'd JSON."""
         if self.encoding == "json":
             body = self._json_body(prepared)

@@ -370,7 +370,7 @@ class OTLPProtocol(WireProtocol):
         attributes = {**self.resource, "service.name": name}
         return [{"key": str(k), "value": _any_value(v)} for k, v in attributes.items()]
 
-    def encode(self, prepared: Sequence[bytes]) -> Request:
+    def encode(self, prepared: Sequence[bytes], *, verified: bool = False) -> Request:
         """One export request: records grouped into one ``ResourceLogs`` per service."""
         groups: dict[str | None, list[dict[str, Any]]] = {}
         for raw in prepared:

@@ -136,8 +136,12 @@ class WireProtocol(abc.ABC):
         return [prepare(plain_event(values)) for values in items]
 
     @abc.abstractmethod
-    def encode(self, prepared: Sequence[bytes]) -> Request:
-        """Build one request from prepared records (possibly from an earlier process's spool)."""
+    def encode(self, prepared: Sequence[bytes], *, verified: bool = False) -> Request:
+        """Build one request from prepared records (possibly from an earlier process's spool).
+
+        ``verified`` says every record is what this process's :meth:`prepare` returned (the
+        engine's memory store): checks for damaged or foreign records may then be skipped.
+        """
 
     @abc.abstractmethod
     def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> Answer:

@@ -8,6 +8,7 @@ what the general path gives, and that anything else still takes the general path
 
 from __future__ import annotations
 
+import gzip
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentuity_logging._delivery._datadog import MAX_ENTRY_BYTES, DatadogProtocol
+from agentuity_logging._delivery._http import HTTPProtocol
 from agentuity_logging._delivery._loki import MAX_METADATA_VALUE_CHARS, LokiProtocol
 from agentuity_logging._delivery._redaction import REDACTED
 from agentuity_logging._records import PlainValues, event_from_record, plain_event, plain_lines
@@ -157,8 +159,6 @@ class TestProtocols:
 
     def test_other_protocols_use_prepare(self) -> None:
         """A protocol without a batch path prepares each record's event (the default)."""
-        from agentuity_logging._delivery._http import HTTPProtocol
-
         protocol = HTTPProtocol("http://127.0.0.1:9/logs")
         batch = batch_of(3)
         assert protocol.prepare_plain(batch) == [protocol.prepare(plain_event(v)) for v in batch]
@@ -247,3 +247,48 @@ class TestDelivery:
         (entry,) = fake_datadog.entries
         assert entry["message"] == "hello"
         assert entry["logger"] == REDACTED
+
+
+class TestVerifiedBatches:
+    """Records the engine holds in memory are prepare()'s own: their request skips the checks."""
+
+    def test_datadog_body_is_the_same_with_or_without_checks(self) -> None:
+        """For prepare()'s entries, the verified body equals the checked one."""
+        protocol = DatadogProtocol(KEY)
+        entries = protocol.prepare_plain(batch_of(5))
+        checked = gzip.decompress(protocol.encode(entries).body)
+        assert gzip.decompress(protocol.encode(entries, verified=True).body) == checked
+
+    def test_http_body_is_the_same_with_or_without_checks(self) -> None:
+        """The plain HTTP shipper's verified body equals the checked one, in both formats."""
+        for fmt in ("ndjson", "json_array"):
+            protocol = HTTPProtocol("http://127.0.0.1:9/logs", format=fmt)
+            records = [protocol.prepare(plain_event(v)) for v in batch_of(4)]
+            checked = gzip.decompress(protocol.encode(records).body)
+            assert gzip.decompress(protocol.encode(records, verified=True).body) == checked
+
+    @pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
+    def test_the_engine_verifies_memory_batches_only(
+        self, fake_datadog: FakeDatadog, spool: bool, tmp_path: Any
+    ) -> None:
+        """Without a spool, batches are marked verified; read back from disk, they are checked."""
+        factory = shipper_factory()
+        make: ShipperFactory = next(factory)
+        try:
+            options = {"spool_dir": str(tmp_path / "spool")} if spool else {}
+            shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url, **options)
+            protocol = shipper._engine.protocol
+            seen: list[bool] = []
+            original = protocol.encode
+
+            def spy(prepared: Any, *, verified: bool = False) -> Any:
+                seen.append(verified)
+                return original(prepared, verified=verified)
+
+            protocol.encode = spy  # type: ignore[method-assign]
+            attach(shipper).info("hello")
+            assert shipper.flush(5)
+            assert seen == [not spool]
+            assert [entry["message"] for entry in fake_datadog.entries] == ["hello"]
+        finally:
+            next(factory, None)
