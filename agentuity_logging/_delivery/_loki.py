@@ -434,7 +434,7 @@ class LokiProtocol(WireProtocol):
     def encode(self, prepared: Sequence[bytes], *, verified: bool = False) -> Request:
         """One push request: protobuf ``PushRequest`` + snappy block, or gzip'd JSON."""
         if self.encoding == "json":
-            body = self._json_body(prepared)
+            body = self._json_body(prepared, verified=verified)
             if body is None:
                 streams = self._streams(prepared)
                 payload = {
@@ -458,29 +458,30 @@ class LokiProtocol(WireProtocol):
         return Request("POST", self.endpoint, dict(self._headers), self._compress(body), len(prepared))
 
     @staticmethod
-    def _json_body(prepared: Sequence[bytes]) -> bytes | None:
+    def _json_body(prepared: Sequence[bytes], *, verified: bool = False) -> bytes | None:
         """The JSON push body joined from prepared records, or ``None`` if one needs decoding.
 
         Batch-level C calls only: split each record at its newline, check the shape of all values
         at once (each ``[…]``, no stray newline), group by the labels' bytes with a
         stable sort (logging order kept within a stream) and sort each stream by its timestamp
-        digits (stable too: equal timestamps keep their order).
+        digits (stable too: equal timestamps keep their order). ``verified`` records are
+        prepare()'s own, so their shape is not checked.
         """
         split = list(map(bytes.partition, prepared, itertools.repeat(b"\n")))
         labels = list(map(_FIRST, split))
         values = list(map(_LAST, split))
-        joined = b"\n".join(values)
-        try:
-            # Single-byte counts run at memchr speed; a multi-byte pattern would scan far slower.
-            shaped = (
-                bytes(map(_FIRST, values)).count(b"[") == len(values)
-                and bytes(map(_LAST_BYTE, values)).count(b"]") == len(values)
-                and joined.count(b"\n") == len(values) - 1
-            )
-        except IndexError:  # an empty value: a damaged record
-            return None
-        if not shaped:
-            return None
+        if not verified:
+            try:
+                # Single-byte counts run at memchr speed; a multi-byte pattern would scan slower.
+                shaped = (
+                    bytes(map(_FIRST, values)).count(b"[") == len(values)
+                    and bytes(map(_LAST_BYTE, values)).count(b"]") == len(values)
+                    and b"\n".join(values).count(b"\n") == len(values) - 1
+                )
+            except IndexError:  # an empty value: a damaged record
+                return None
+            if not shaped:
+                return None
         if labels.count(labels[0]) == len(labels):  # one stream: the usual batch
             groups: Iterable[tuple[bytes, list[bytes]]] = ((labels[0], values),)
         else:

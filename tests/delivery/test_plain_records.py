@@ -259,6 +259,13 @@ class TestVerifiedBatches:
         checked = gzip.decompress(protocol.encode(entries).body)
         assert gzip.decompress(protocol.encode(entries, verified=True).body) == checked
 
+    def test_loki_body_is_the_same_with_or_without_checks(self) -> None:
+        """Loki's verified push body equals the checked one, streams and order included."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json", labels={"region": "eu"})
+        records = protocol.prepare_plain(batch_of(12)[::-1])  # several streams, out of time order
+        checked = gzip.decompress(protocol.encode(records).body)
+        assert gzip.decompress(protocol.encode(records, verified=True).body) == checked
+
     def test_http_body_is_the_same_with_or_without_checks(self) -> None:
         """The plain HTTP shipper's verified body equals the checked one, in both formats."""
         for fmt in ("ndjson", "json_array"):
