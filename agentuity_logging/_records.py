@@ -335,7 +335,8 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
     """The schema JSON of plain records, byte for byte ``orjson.dumps(plain_event(values))``.
 
     The batch form of :func:`plain_event` for the shipping worker: one ``bytes`` formatting per
-    record and one encoder call for the message, the logger's name encoded once per batch. Each
+    record and one encoder call for the message; the logger's name and the session's IDs are
+    encoded once per batch. Each
     line ends with ``closers[levelno]`` instead of its closing brace, so a protocol can append
     attributes of its own (Datadog's reserved ones) without another copy.
 
@@ -350,6 +351,7 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
     start, prefix = _ts_cache
     head = b'{"timestamp":"' + prefix.encode()
     names: dict[str, bytes] = {}
+    sessions: dict[tuple[str, str | None], bytes] = {}
     lines: list[bytes] = []
     append = lines.append
     for created, levelno, name, message, session_id, thread_id in items:
@@ -373,19 +375,16 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
                 % (head, us, levels[levelno], encoded, dumps(message), closers[levelno])
             )
         else:
-            append(
-                b'%s%06dZ","level":"%s","logger":%s,"message":%s,"agentuitySessionId":%s,'
-                b'"agentuityThreadId":%s%s'
-                % (
-                    head,
-                    us,
-                    levels[levelno],
-                    encoded,
-                    dumps(message),
+            pair = (session_id, thread_id)
+            ids = sessions.get(pair)
+            if ids is None:
+                ids = sessions[pair] = b',"agentuitySessionId":%s,"agentuityThreadId":%s' % (
                     dumps(session_id),
                     dumps(thread_id),
-                    closers[levelno],
                 )
+            append(
+                b'%s%06dZ","level":"%s","logger":%s,"message":%s%s%s'
+                % (head, us, levels[levelno], encoded, dumps(message), ids, closers[levelno])
             )
     return lines
 
