@@ -308,13 +308,7 @@ def plain_event(values: PlainValues) -> dict[str, Any]:
     ``__dict__``.
     """
     created, levelno, name, message, session_id, thread_id = values
-    start, prefix = _ts_cache
-    frac = created - start
-    if 0.0 <= frac < _LAST_US:
-        us = int(frac * 1_000_000)
-        stamp = prefix + _DIGITS3[us // 1000] + _DIGITS3Z[us % 1000]
-    else:
-        stamp = format_timestamp(created)
+    stamp = format_timestamp(created)  # off the hot path now: plain_lines serves the common batch
     if session_id is None:
         return {"timestamp": stamp, "level": LEVEL_NAMES[levelno], "logger": name, "message": message}
     return {
