@@ -3,10 +3,10 @@
 A shipper is this engine plus a :class:`~agentuity_logging._delivery._protocol.WireProtocol`. The
 engine owns everything that is hard to get right once per backend:
 
-* **The application's thread only appends.** A log call puts a copy of the record's attributes
-  (its message rendered) or a structlog event dict on a bounded in-memory queue and returns;
-  building the schema dict, masking secrets, JSON encoding and compression all happen on the
-  worker.
+* **The application's thread only appends.** A log call puts the record's values (six for a plain
+  record, else a copy of its attributes; its message rendered) or a schema event dict on a bounded
+  in-memory queue and returns; building the schema, masking secrets, JSON encoding and compression
+  all happen on the worker, a queue of plain records in one pass (``WireProtocol.prepare_plain``).
 * **Bounded memory.** The queue is bounded by records *and* bytes (100,000 / 64 MiB by default).
   When it is full the newest record is dropped and counted (``dropped["queue_full"]``); with
   ``block_timeout_s`` a log call may instead wait that long for room first.
@@ -546,12 +546,12 @@ class DeliveryEngine:
         The application's thread does the least that keeps the record faithful: it renders the
         message (``%``-arguments may be mutable objects the caller changes next) and captures what
         the event is built from. For a record holding only the standard attributes (and the
-        session IDs), with a known level and no exception or stack, that is five values in one
-        tuple; any other record's ``__dict__`` is copied (one C-level copy; other handlers keep
-        adding attributes to the record while they format it). The worker builds the schema dict
-        from either. Measured, building it here instead would make a log call cost 1.2x a plain
-        ``StreamHandler``'s (see ``docs/shipping.md``). When another output already built the
-        schema dict for this record, that dict is queued as is.
+        session's text IDs), with a known level and no exception or stack, that is six values in
+        one tuple (see ``_records.plain_event``); any other record's ``__dict__`` is copied (one
+        C-level copy; other handlers keep adding attributes to the record while they format it).
+        The worker builds the schema from either. Measured, building it here instead would make
+        a log call cost 1.2x a plain ``StreamHandler``'s (see ``docs/shipping.md``). When another
+        output already built the schema dict for this record, that dict is queued as is.
 
         The common case (queued, no batch full yet) is inlined here rather than calling
         :meth:`_submit`: a Python call and a ``with`` block cost more than the rest of the append
