@@ -330,9 +330,8 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
 
     The batch form of :func:`plain_event` for the shipping worker: one ``bytes`` formatting per
     record and one encoder call for the message; the logger's name and the session's IDs are
-    encoded once per batch. Each
-    line ends with ``closers[levelno]`` instead of its closing brace, so a protocol can append
-    attributes of its own (Datadog's reserved ones) without another copy.
+    encoded once per batch. Each line ends with ``closers[levelno]`` instead of its closing brace,
+    so a protocol can append attributes of its own (Datadog's reserved ones) without another copy.
 
     Raises:
         Exception: whatever the encoder refuses (a message with lone surrogates, say): the caller

@@ -100,11 +100,6 @@ DEFAULT_SPOOL_FSYNC_INTERVAL_S: Final = 1.0
 # Bytes counted for a queued record on top of its message (the record object, its fields): the
 # byte bound is estimated on the application thread and exact once the worker encoded a record.
 _RECORD_OVERHEAD: Final = 256
-# A queued item is told by its type alone (no wrapper tuple per record): a ``tuple`` holds the
-# values of a plain record (see ``_records.plain_event``), a ``dict`` is a schema event, and a
-# ``list`` holds one copy of a record's ``__dict__`` (a "snapshot").
-_N_STD: Final = STANDARD_ATTRIBUTES
-_PLAIN_LEVELS: Final = LEVEL_NAMES
 _EVENT_FIELD_BYTES: Final = 32
 # The HTTP client's loggers: records they emit from a worker thread are filtered out.
 _CLIENT_LOGGERS: Final = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.proxy")
@@ -485,7 +480,9 @@ class DeliveryEngine:
         self._progress = threading.Condition(self._lock)
         self._wakeup = threading.Event()
         self._wake_sent = False
-        # Plain values, schema events and snapshots, in arrival order (see _drain for the types).
+        # Queued items in arrival order, each told by its type alone (no wrapper per record): a
+        # ``tuple`` holds a plain record's values (see ``_records.plain_event``), a ``dict`` is a
+        # schema event, a ``list`` holds one copy of a record's ``__dict__`` (a "snapshot").
         self._incoming: list[Any] = []
         self._in_records = 0
         self._in_bytes = 0
@@ -576,7 +573,7 @@ class DeliveryEngine:
             message = record_message(record)
         payload: Any
         try:
-            fields = len(attributes) - _N_STD
+            fields = len(attributes) - STANDARD_ATTRIBUTES
             plain = (
                 (
                     fields == 0
@@ -586,7 +583,7 @@ class DeliveryEngine:
                         and type(attributes.get(_TID)) is str
                     )
                 )
-                and record.levelno in _PLAIN_LEVELS
+                and record.levelno in LEVEL_NAMES
                 and record.exc_info is None
                 and record.exc_text is None
                 and record.stack_info is None

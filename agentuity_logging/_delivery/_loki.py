@@ -325,9 +325,10 @@ class LokiProtocol(WireProtocol):
             if seconds is None or labels is None or len(line) > MAX_LINE_BYTES:
                 append(self.prepare(plain_event(values)))
                 continue
+            ns = seconds + text[34:40] + "000"
             sid, tid = values[4], values[5]
             if sid is None:
-                append(labels + dumps((seconds + text[34:40] + "000", text)))
+                append(labels + dumps((ns, text)))
                 continue
             ids = metadata.get((sid, tid))  # type: ignore[arg-type]
             if ids is None:
@@ -335,7 +336,7 @@ class LokiProtocol(WireProtocol):
                     append(self.prepare(plain_event(values)))
                     continue
                 ids = metadata[(sid, tid)] = orjson.Fragment(dumps({_SID: sid, _TID: tid}))  # type: ignore[index]
-            append(labels + dumps((seconds + text[34:40] + "000", text, ids)))
+            append(labels + dumps((ns, text, ids)))
         return out
 
     def _prepare_any(self, event: dict[str, Any]) -> bytes:

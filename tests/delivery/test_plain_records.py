@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -29,6 +30,14 @@ from tests.fakes.events import SESSION_ID, THREAD_ID
 from .shipping_support import ShipperFactory, attach, shipper_factory
 
 KEY = "k-0123456789abcdef"
+
+
+@pytest.fixture
+def make() -> Iterator[ShipperFactory]:
+    """Creates shippers and closes them after the test."""
+    yield from shipper_factory()
+
+
 LEVELS = [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL]
 
 # Times around now, second boundaries, the epoch and far futures: the cached-second arithmetic must
@@ -168,12 +177,9 @@ class TestCapture:
     """Which records a log call queues as plain values."""
 
     @pytest.fixture
-    def shipper(self, fake_datadog: FakeDatadog) -> Any:
-        factory = shipper_factory()
-        make: ShipperFactory = next(factory)
-        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
-        yield shipper
-        next(factory, None)
+    def shipper(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> DatadogShipper:
+        """A Datadog shipper whose worker has not started yet."""
+        return make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
 
     def kinds(self, shipper: Any, log: Any) -> list[type]:
         """The types of what ``log`` queued (before the worker starts, every record takes ``_submit``).
@@ -221,11 +227,9 @@ class TestCapture:
 
 
 class TestDelivery:
-    @pytest.fixture
-    def make(self) -> Any:
-        yield from shipper_factory()
-
-    def test_a_refused_message_does_not_cost_its_batch(self, fake_datadog: FakeDatadog, make: Any) -> None:
+    def test_a_refused_message_does_not_cost_its_batch(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
         """A message the batch path refuses (a lone surrogate) ships through the general path."""
         shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url)
         logger = attach(shipper)
@@ -239,7 +243,9 @@ class TestDelivery:
         assert messages[5].startswith("caf")
         assert shipper.stats()["dropped"] == {}
 
-    def test_masking_a_schema_key_reaches_plain_records(self, fake_datadog: FakeDatadog, make: Any) -> None:
+    def test_masking_a_schema_key_reaches_plain_records(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
         """A redaction pattern naming a schema key masks it in plain records too."""
         shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url, redact=["logger"])
         attach(shipper).info("hello")
@@ -276,26 +282,21 @@ class TestVerifiedBatches:
 
     @pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
     def test_the_engine_verifies_memory_batches_only(
-        self, fake_datadog: FakeDatadog, spool: bool, tmp_path: Any
+        self, fake_datadog: FakeDatadog, make: ShipperFactory, spool: bool, tmp_path: Any
     ) -> None:
         """Without a spool, batches are marked verified; read back from disk, they are checked."""
-        factory = shipper_factory()
-        make: ShipperFactory = next(factory)
-        try:
-            options = {"spool_dir": str(tmp_path / "spool")} if spool else {}
-            shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url, **options)
-            protocol = shipper._engine.protocol
-            seen: list[bool] = []
-            original = protocol.encode
+        options = {"spool_dir": str(tmp_path / "spool")} if spool else {}
+        shipper = make(DatadogShipper, fake_datadog.api_key, url=fake_datadog.url, **options)
+        protocol = shipper._engine.protocol
+        seen: list[bool] = []
+        original = protocol.encode
 
-            def spy(prepared: Any, *, verified: bool = False) -> Any:
-                seen.append(verified)
-                return original(prepared, verified=verified)
+        def spy(prepared: Any, *, verified: bool = False) -> Any:
+            seen.append(verified)
+            return original(prepared, verified=verified)
 
-            protocol.encode = spy  # type: ignore[method-assign]
-            attach(shipper).info("hello")
-            assert shipper.flush(5)
-            assert seen == [not spool]
-            assert [entry["message"] for entry in fake_datadog.entries] == ["hello"]
-        finally:
-            next(factory, None)
+        protocol.encode = spy  # type: ignore[method-assign]
+        attach(shipper).info("hello")
+        assert shipper.flush(5)
+        assert seen == [not spool]
+        assert [entry["message"] for entry in fake_datadog.entries] == ["hello"]
