@@ -77,6 +77,24 @@ _LAST_STD: Final = _STD_KEYS[-1]
 #: How many attributes ``LogRecord.__init__`` sets (a record with no fields has exactly these).
 STANDARD_ATTRIBUTES: Final = _N_STD
 
+
+def _reserve_record_slots() -> None:
+    """Add the attributes the package stores on records to ``LogRecord``'s shared attribute layout.
+
+    CPython (3.11+) keeps an instance's attributes in a key table shared by its class, and lets new
+    names join that table only while the class is young: each new instance shrinks the room left.
+    An attribute outside the table turns the record's attributes into a private dict when it is set
+    (~170 ns per record here). The IDs are first set on the first record logged inside a session,
+    usually long after start-up logging used that room up, so they are set once here, at import.
+    Harmless when it comes too late: records then work exactly as before.
+    """
+    probe = logging.LogRecord("probe", logging.INFO, __file__, 0, "", None, None)
+    for name in (SESSION_KEY, THREAD_KEY, SPAN_KEY, "_agentuity_event"):
+        setattr(probe, name, None)
+
+
+_reserve_record_slots()
+
 #: Attributes of a LogRecord that are not user fields (the stdlib's own, plus ones formatters add).
 RECORD_ATTRS: Final = frozenset(
     {

@@ -86,9 +86,14 @@ def install_record_factory() -> None:
             sinfo: str | None = None,
         ) -> logging.LogRecord:
             record = previous(name, level, pathname, lineno, msg, args, exc_info, func, sinfo)
-            attrs = get().attrs
-            if attrs:
-                record.__dict__.update(attrs)
+            snapshot = get()
+            sid = snapshot.session_id
+            if sid is not None:
+                # Attribute stores, as in the filter: they keep the record's compact layout.
+                record.agentuitySessionId = sid
+                record.agentuityThreadId = snapshot.thread_id
+            if snapshot.rest:
+                record.__dict__.update(snapshot.rest)
             if _OTEL in _modules or _DDTRACE in _modules:
                 stamp_trace_context(record.__dict__)
             return record

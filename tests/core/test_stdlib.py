@@ -9,6 +9,9 @@ import logging.config
 import logging.handlers
 import queue
 import re
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import pytest
@@ -111,6 +114,44 @@ class TestStamping:
         with al.session() as s:
             logger.info("x")
         assert _json(out)[0]["agentuitySessionId"] == s.id
+
+    @pytest.mark.skipif(
+        sys.implementation.name != "cpython" or sys.version_info < (3, 11),
+        reason="CPython's shared attribute layout",
+    )
+    def test_stamped_attributes_keep_the_records_compact_layout(self) -> None:
+        """Importing the package reserves its record attributes in LogRecord's shared layout.
+
+        A name outside that layout turns the record's attributes into a private dict when it is set
+        (the control below); the stamped names must not (see ``_records._reserve_record_slots``).
+        """
+        probe = textwrap.dedent(
+            """
+            import json, logging, sys
+            import agentuity_logging
+
+            # Start-up logging, before any session: it uses up the room left in the layout.
+            formatter = logging.Formatter("%(asctime)s %(message)s")
+            for _ in range(20):
+                formatter.format(logging.LogRecord("x", logging.INFO, "x.py", 1, "m", None, None))
+
+            def size(name):
+                record = logging.LogRecord("x", logging.INFO, "x.py", 1, "m", None, None)
+                setattr(record, name, "v")
+                return sys.getsizeof(record.__dict__)
+
+            names = ["agentuitySessionId", "agentuityThreadId", "spanId", "_agentuity_event"]
+            sizes = {n: size(n) for n in names}
+            sizes["control"] = max(size("notReserved1"), size("notReserved2"))
+            print(json.dumps(sizes))
+            """
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        )
+        sizes = json.loads(out.stdout)
+        control = sizes.pop("control")
+        assert all(size < control for size in sizes.values()), sizes
 
     def test_ids_are_absent_outside_a_session(self) -> None:
         """Outside a session the ID keys are left out, not null."""
