@@ -12,7 +12,7 @@ engine owns everything that is hard to get right once per backend:
   ``block_timeout_s`` a log call may instead wait that long for room first.
 * **Batches** fill up to the protocol's limits (count and bytes) and leave when full, when the
   oldest record is ``flush_interval_s`` old, or on ``flush()``/``close()``. One keep-alive
-  ``httpx.Client`` per shipper; one request in flight, so records arrive in order.
+  connection per shipper (:mod:`._transport`); one request in flight, so records arrive in order.
 * **Every answer is classified** by the protocol: retried with exponential backoff and full
   jitter (no retry limit, honouring ``Retry-After``), split in halves on 413, dropped and counted
   on a final refusal, or paused on an authentication failure (records kept, slow re-probe).
@@ -49,6 +49,12 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict
 from agentuity_logging._delivery._protocol import Answer, Outcome, WireProtocol, redact_url
 from agentuity_logging._delivery._redaction import CONTAINER_TYPES, Redactor
 from agentuity_logging._delivery._spool import DEFAULT_SPOOL_MAX_BYTES, Spool, SpoolBatch
+from agentuity_logging._delivery._transport import (
+    RequestRefusedError,
+    Transport,
+    TransportError,
+    open_transport,
+)
 from agentuity_logging._errors import ConfigurationError, require
 from agentuity_logging._internal import report_once
 from agentuity_logging._records import (
@@ -64,8 +70,6 @@ from agentuity_logging._records import (
 
 if TYPE_CHECKING:
     import ssl
-
-    import httpx
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL_S",
@@ -318,7 +322,7 @@ def _reinit_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reinit_after_fork)
 _sigterm_installed = False
-# httpx clients a forked child inherited: never used or closed there (their sockets belong to the
+# Connections a forked child inherited: never used or closed there (their sockets belong to the
 # parent, their pool lock may be held), kept referenced so no finaliser touches them either.
 _abandoned: list[object] = []
 
@@ -504,7 +508,7 @@ class DeliveryEngine:
         self._waiting_producers = 0
         self._thread: threading.Thread | None = None
         self._mp_finalizer: Any = None
-        self._client: httpx.Client | None = None
+        self._client: Transport | None = None
         self._closing = False
         self._close_deadline = math.inf
         # Set when a retry would land after the close deadline: stop sending, do not spin.
@@ -1297,33 +1301,26 @@ class DeliveryEngine:
 
     def _post(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Answer:
         """One HTTP request; transport failures become retryable answers."""
-        import httpx
-
-        client = self._client
-        if client is None:
-            client = self._client = httpx.Client(
-                verify=self._s.verify,
-                timeout=self._s.request_timeout_s,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                follow_redirects=False,  # a redirect must never carry our credentials elsewhere
-            )
         timeout = self._s.request_timeout_s
         if self._closing:
             timeout = max(0.05, min(timeout, self._close_deadline - time.monotonic()))
         try:
-            response = client.request(method, url, content=body, headers=headers, timeout=timeout)
-        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-            return Answer(Outcome.REFUSED, message=f"{type(exc).__name__}: {exc}")
-        except httpx.TransportError as exc:
-            return Answer(Outcome.RETRY, message=f"{type(exc).__name__}: {exc or 'no answer'}")
+            client = self._client
+            if client is None:
+                client = self._client = open_transport(url, self._s.verify)
+            status, answer_headers, content = client.request(method, url, headers, body, timeout)
+        except RequestRefusedError as exc:
+            return Answer(Outcome.REFUSED, message=str(exc))
+        except TransportError as exc:
+            return Answer(Outcome.RETRY, message=str(exc))
         except Exception as exc:
             return Answer(Outcome.RETRY, message=f"{type(exc).__name__}: {exc}")
         try:
-            return self.protocol.classify(response.status_code, response.headers, response.content)
+            return self.protocol.classify(status, answer_headers, content)
         except Exception as exc:
             return Answer(
                 Outcome.REFUSED,
-                message=f"HTTP {response.status_code}, unreadable answer ({type(exc).__name__})",
+                message=f"HTTP {status}, unreadable answer ({type(exc).__name__})",
             )
 
     def _wait_retry(self, delay: float) -> bool:
