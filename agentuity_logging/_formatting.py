@@ -7,6 +7,7 @@ and a structlog event come out the same. Each has ``format(record)`` for the std
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -122,6 +123,28 @@ class JsonFormatter(OrjsonFormatter):
         except Exception as exc:
             return self._fallback(exc, getattr(record, "msg", None))
 
+    def format_bytes(self, record: logging.LogRecord) -> bytes:
+        """:meth:`format` as UTF-8 bytes, for binary streams (no decode on the hot path)."""
+        try:
+            event = event_from_record(record, self._skip)
+            if self._fast or (self._plain and "service" in event):
+                try:
+                    return _dumps(event)
+                except Exception:  # noqa: S110 - format() below renders it safely
+                    pass
+        except Exception:  # noqa: S110 - format() reports it and renders a fallback line
+            pass
+        return self.format(record).encode()
+
+    def format_event_bytes(self, event: Mapping[str, Any]) -> bytes:
+        """:meth:`format_event` as UTF-8 bytes, for binary streams."""
+        if self._plain and (self.service is None or "service" in event):
+            try:
+                return orjson.dumps(event, default=self._default, option=_OPTIONS)
+            except Exception:  # noqa: S110 - the careful path renders it
+                pass
+        return self.format_event(event).encode()
+
     def format_event(self, event: Mapping[str, Any]) -> str:
         """Render a schema dict (from structlog or a record) as one JSON line."""
         if self._plain and (self.service is None or "service" in event):
@@ -189,7 +212,7 @@ _CYAN: Final = "\x1b[36m"
 _RESET: Final = "\x1b[0m"
 
 
-def colors_wanted(stream: IO[str] | None) -> bool:
+def colors_wanted(stream: IO[Any] | None) -> bool:
     """Decide on colours like other tools do: ``NO_COLOR`` off, ``FORCE_COLOR`` on, else a TTY."""
     if os.environ.get("NO_COLOR"):
         return False
@@ -333,25 +356,51 @@ class EventHandler(logging.Handler):
         return True
 
 
-class StreamOutput(EventHandler):
-    """Writes formatted lines to a text stream (stderr by default), for records and events alike.
+def _is_binary(stream: object) -> bool:
+    """Whether ``stream`` takes bytes (a file opened ``"wb"``, ``sys.stdout.buffer``, a ``BytesIO``)."""
+    if isinstance(stream, io.TextIOBase):
+        return False
+    if isinstance(stream, (io.RawIOBase, io.BufferedIOBase)):
+        return True
+    mode = getattr(stream, "mode", "")
+    return isinstance(mode, str) and "b" in mode
 
-    Unlike ``logging.StreamHandler`` it survives ``dictConfig`` closing it: writing to a stream does not
+
+class StreamOutput(EventHandler):
+    """Writes formatted lines to a stream (stderr by default), for records and events alike.
+
+    The stream may be text or binary: a binary one (``sys.stdout.buffer``, a file opened ``"wb"``)
+    gets the JSON formatter's bytes as orjson made them, with no decoding and no text layer. Unlike
+    ``logging.StreamHandler`` it survives ``dictConfig`` closing it: writing to a stream does not
     depend on the handler being open.
     """
 
     terminator = "\n"
 
-    def __init__(self, stream: IO[str] | None = None, formatter: logging.Formatter | None = None) -> None:
+    def __init__(self, stream: IO[Any] | None = None, formatter: logging.Formatter | None = None) -> None:
         super().__init__()
-        self.stream: IO[str] = stream if stream is not None else sys.stderr
+        self.stream = stream if stream is not None else sys.stderr
         if formatter is not None:
             self.setFormatter(formatter)
+
+    @property
+    def stream(self) -> IO[Any]:
+        """The stream written to; assigning one also notes whether it takes bytes."""
+        return self._stream
+
+    @stream.setter
+    def stream(self, stream: IO[Any]) -> None:
+        self._stream = stream
+        self._binary = _is_binary(stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format and write a stdlib record."""
         try:
-            self._write(self.format(record))
+            if self._binary:
+                render = getattr(self.formatter, "format_bytes", None)
+                self._write_bytes(render(record) if render is not None else self.format(record).encode())
+            else:
+                self._write(self.format(record))
         except RecursionError:  # pragma: no cover - same as the stdlib
             raise
         except Exception:
@@ -360,13 +409,28 @@ class StreamOutput(EventHandler):
     def emit_event(self, event: Mapping[str, Any]) -> None:
         """Format and write a schema dict (structlog path)."""
         fmt = self.formatter
+        if self._binary:
+            render_bytes = getattr(fmt, "format_event_bytes", None)
+            if render_bytes is not None:
+                self._write_bytes(render_bytes(event))
+                return
         render = getattr(fmt, "format_event", None)
         line = render(event) if render is not None else dumps(event).decode()
-        self._write(line)
+        if self._binary:
+            self._write_bytes(line.encode())
+        else:
+            self._write(line)
+
+    def _write_bytes(self, line: bytes) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._stream.write(line + b"\n")
+        flush = getattr(self._stream, "flush", None)
+        if flush is not None:
+            flush()
 
     def _write(self, line: str) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self.stream.write(line + self.terminator)
+            self._stream.write(line + self.terminator)
         # Flushing outside the lock keeps a slow terminal from holding other threads' records.
         flush = getattr(self.stream, "flush", None)
         if flush is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -71,6 +72,37 @@ class TestSettings:
         logging.getLogger("x").warning("readable")
         assert "WARNING" in out.getvalue()
         assert not out.getvalue().startswith("{")
+
+    @pytest.mark.parametrize("fmt", ["json", "console"])
+    def test_a_binary_stream_gets_the_same_lines_as_bytes(self, fmt: str) -> None:
+        """stream= may take bytes (sys.stdout.buffer, a file opened "wb"): stdlib and structlog alike."""
+        import json
+
+        import structlog
+
+        text, binary = JsonLines(), io.BytesIO()
+        for stream in (text, binary):
+            al.configure(format=fmt, stream=stream)
+            with al.session(session_id="sess_" + "a" * 32, thread_id="thrd_" + "b" * 32):
+                logging.getLogger("x").warning("from stdlib \u00e9", extra={"n": 1})
+                structlog.get_logger("y").warning("from structlog", n=2)
+        text_lines = text.getvalue().splitlines()
+        binary_lines = binary.getvalue().decode().splitlines()
+        assert len(binary_lines) == len(text_lines) == 2
+        if fmt == "json":
+            for a, b in zip(text_lines, binary_lines, strict=True):
+                ours, theirs = json.loads(a), json.loads(b)
+                ours.pop("timestamp"), theirs.pop("timestamp")
+                assert ours == theirs
+                assert theirs["agentuitySessionId"] == "sess_" + "a" * 32
+        else:
+            assert [line[13:] for line in binary_lines] == [line[13:] for line in text_lines]
+
+    def test_a_stream_assigned_later_is_seen_as_binary_or_text(self) -> None:
+        output = StreamOutput(JsonLines())
+        output.stream = io.BytesIO()
+        output.handle(logging.LogRecord("x", logging.INFO, "x.py", 1, "as bytes", None, None))
+        assert b"as bytes" in output.stream.getvalue()
 
     @pytest.mark.parametrize(
         ("env", "value", "match"),
