@@ -140,6 +140,10 @@ class JsonFormatter(OrjsonFormatter):
         """:meth:`format_event` as UTF-8 bytes, for binary streams."""
         if self._plain and (self.service is None or "service" in event):
             try:
+                return _dumps(event)  # the bare call, as in format(); the rest render it the same
+            except Exception:  # noqa: S110 - the careful path renders it
+                pass
+            try:
                 return orjson.dumps(event, default=self._default, option=_OPTIONS)
             except Exception:  # noqa: S110 - the careful path renders it
                 pass
@@ -148,6 +152,12 @@ class JsonFormatter(OrjsonFormatter):
     def format_event(self, event: Mapping[str, Any]) -> str:
         """Render a schema dict (from structlog or a record) as one JSON line."""
         if self._plain and (self.service is None or "service" in event):
+            # The bare orjson call first (as in format()); ``default=`` only renders what it refuses,
+            # so both give the same line, and a value or key it refuses takes the second call.
+            try:
+                return _dumps(event).decode()
+            except Exception:  # noqa: S110 - the call below renders it
+                pass
             try:
                 return orjson.dumps(event, default=self._default, option=_OPTIONS).decode()
             except Exception:  # noqa: S110 - the careful path below renders it
@@ -418,8 +428,13 @@ class StreamOutput(EventHandler):
         line = render(event) if render is not None else dumps(event).decode()
         if self._binary:
             self._write_bytes(line.encode())
-        else:
-            self._write(line)
+            return
+        stream = self._stream
+        with self.lock:  # type: ignore[union-attr]
+            stream.write(line + self.terminator)
+        flush = getattr(stream, "flush", None)
+        if flush is not None:
+            flush()
 
     def _write_bytes(self, line: bytes) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -432,7 +447,7 @@ class StreamOutput(EventHandler):
         with self.lock:  # type: ignore[union-attr]
             self._stream.write(line + self.terminator)
         # Flushing outside the lock keeps a slow terminal from holding other threads' records.
-        flush = getattr(self.stream, "flush", None)
+        flush = getattr(self._stream, "flush", None)
         if flush is not None:
             flush()
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
+import json
 import logging
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,21 +53,21 @@ def stream() -> JsonLines:
     return out
 
 
+UNSERIALISABLE = [
+    (b"\xffbytes", "\\xffbytes"),
+    ({3, 1, 2}, [1, 2, 3]),
+    (Decimal("1.10"), "1.10"),
+    (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "2026-01-02T03:04:05+00:00"),
+    (Point(1, 2), {"x": 1, "y": 2}),
+    (ValueError("nope"), "ValueError: nope"),
+    (Opaque(), "<Opaque>"),
+    (2**80, str(2**80)),
+    (float("nan"), None),
+]
+
+
 class TestUnserialisableValues:
-    @pytest.mark.parametrize(
-        ("value", "expected"),
-        [
-            (b"\xffbytes", "\\xffbytes"),
-            ({3, 1, 2}, [1, 2, 3]),
-            (Decimal("1.10"), "1.10"),
-            (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "2026-01-02T03:04:05+00:00"),
-            (Point(1, 2), {"x": 1, "y": 2}),
-            (ValueError("nope"), "ValueError: nope"),
-            (Opaque(), "<Opaque>"),
-            (2**80, str(2**80)),
-            (float("nan"), None),
-        ],
-    )
+    @pytest.mark.parametrize(("value", "expected"), UNSERIALISABLE)
     def test_value_is_rendered_and_other_fields_survive(
         self, stream: JsonLines, value: object, expected: object
     ) -> None:
@@ -74,6 +77,20 @@ class TestUnserialisableValues:
         assert rec["bad"] == expected
         assert rec["good"] == "kept"
         assert rec["message"] == "msg"
+
+    @pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+    @pytest.mark.parametrize(("value", "expected"), UNSERIALISABLE)
+    def test_the_structlog_path_renders_them_the_same(
+        self, value: object, expected: object, binary: bool
+    ) -> None:
+        """structlog events take the same rendering, on text and binary streams alike."""
+        out = io.BytesIO() if binary else JsonLines()
+        al.configure(format="json", stream=out)
+        structlog.get_logger("t").info("msg", bad=value, good="kept", nested={1: "int key"})
+        line = out.getvalue()
+        rec = json.loads(line.decode() if isinstance(line, bytes) else line)
+        assert (rec["bad"], rec["good"], rec["message"]) == (expected, "kept", "msg")
+        assert rec["nested"] == {"1": "int key"}
 
     def test_recursive_structure_is_cut(self, stream: JsonLines) -> None:
         """A dict containing itself renders with a recursion marker."""

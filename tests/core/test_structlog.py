@@ -209,9 +209,11 @@ class TestDirectMethods:
                 log.info("direct", user_id=1)
                 log.info("general", stack_info=True)
                 log.info("general too", logger_name="x")
+                structlog.contextvars.bind_contextvars(logger_name="from a context variable")
+                log.info("general, a context variable")
             finally:
                 structlog.contextvars.clear_contextvars()
-        assert general == ["general", "general too"]
+        assert general == ["general", "general too", "general, a context variable"]
 
     def test_a_user_processor_chain_is_honoured(self) -> None:
         """After structlog.configure(processors=...), the loggers run the user's chain, not the shortcut."""
