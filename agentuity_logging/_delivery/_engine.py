@@ -945,16 +945,31 @@ class DeliveryEngine:
             self._loop()
         except Exception as exc:
             # A bug must not end delivery for good.
-            self._note_error(f"internal error: {type(exc).__name__}: {exc}")
-            report_once(
-                f"worker-crash:{self.name}",
-                "%s: delivery worker error, continuing: %r",
-                self.name,
-                exc,
-                level=logging.ERROR,
-            )
+            self._report_bug(exc)
             return self._closing and time.monotonic() >= self._close_deadline
         return True
+
+    def _report_bug(self, exc: Exception) -> None:
+        self._note_error(f"internal error: {type(exc).__name__}: {exc}")
+        report_once(
+            f"worker-crash:{self.name}",
+            "%s: delivery worker error, continuing: %r",
+            self.name,
+            exc,
+            level=logging.ERROR,
+        )
+
+    def _drain_meanwhile(self) -> None:
+        """Prepare queued records while a request awaits its answer (the server works meanwhile).
+
+        Run by the transport between sending and reading: on a burst, building the next batch no
+        longer waits for the sink to answer the last one. It never raises into the transport, which
+        would take a bug of ours for a failed request and send the batch twice.
+        """
+        try:
+            self._drain()
+        except Exception as exc:
+            self._report_bug(exc)
 
     def _loop(self) -> None:
         interval = self._s.flush_interval_s
@@ -1308,7 +1323,9 @@ class DeliveryEngine:
             client = self._client
             if client is None:
                 client = self._client = open_transport(url, self._s.verify)
-            status, answer_headers, content = client.request(method, url, headers, body, timeout)
+            status, answer_headers, content = client.request(
+                method, url, headers, body, timeout, while_waiting=self._drain_meanwhile
+            )
         except RequestRefusedError as exc:
             return Answer(Outcome.REFUSED, message=str(exc))
         except TransportError as exc:

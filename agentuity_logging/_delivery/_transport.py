@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import SplitResult, urlsplit
 
@@ -56,9 +56,20 @@ class Transport(Protocol):
     """What the engine needs of a connection."""
 
     def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, timeout: float
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        *,
+        while_waiting: Callable[[], None] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """Send one request; return the status, headers and body of the answer."""
+        """Send one request; return the status, headers and body of the answer.
+
+        ``while_waiting`` (which must not raise) may run once the request is sent and before the
+        answer is read, so the caller's own work overlaps the server's.
+        """
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -114,7 +125,14 @@ class DirectConnection:
         self._user_agent = f"agentuity-logging/{__version__}"
 
     def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, timeout: float
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        *,
+        while_waiting: Callable[[], None] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -132,14 +150,14 @@ class DirectConnection:
             self.close()
         try:
             try:
-                return self._exchange(key, message, method, timeout)
+                return self._exchange(key, message, method, timeout, while_waiting)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 if not reused:
                     raise
                 # The server closed the kept-alive connection before reading this request: once
                 # more on a new connection (what urllib3 and httpcore do too).
                 self.close()
-                return self._exchange(key, message, method, timeout)
+                return self._exchange(key, message, method, timeout, while_waiting)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise TransportError(f"{type(exc).__name__}: {exc or 'no answer'}") from None
@@ -161,13 +179,20 @@ class DirectConnection:
         return head + body
 
     def _exchange(
-        self, key: tuple[str, str, int], message: bytes, method: str, timeout: float
+        self,
+        key: tuple[str, str, int],
+        message: bytes,
+        method: str,
+        timeout: float,
+        while_waiting: Callable[[], None] | None,
     ) -> tuple[int, Any, bytes]:
         sock = self._sock
         if sock is None:
             sock = self._connect(key, timeout)
         sock.settimeout(timeout)
         sock.sendall(message)
+        if while_waiting is not None:
+            while_waiting()
         response = http.client.HTTPResponse(sock, method=method)
         try:
             response.begin()
@@ -223,9 +248,16 @@ class HttpxConnection:
         self._client: httpx.Client | None = None
 
     def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, timeout: float
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        *,
+        while_waiting: Callable[[], None] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        import httpx
+        import httpx  # httpx gives no moment between sending and reading: ``while_waiting`` never runs
 
         client = self._client
         if client is None:

@@ -12,6 +12,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +153,23 @@ class TestDirectConnection:
             assert connection.request("POST", server.url + "/p", HEADERS, b"{}", 5)[0] == 202
         assert server.connections == 1
         assert len(server.requests) == 5
+
+    def test_while_waiting_runs_after_the_request_is_sent_and_before_the_answer_is_read(
+        self, server: ScriptedServer, connection: DirectConnection
+    ) -> None:
+        """The worker prepares the next batch while the server works on this one."""
+        server.script.append(CHUNKED)
+        seen: list[tuple[bool, int]] = []
+
+        def meanwhile() -> None:
+            deadline = time.monotonic() + 5
+            while not server.requests and time.monotonic() < deadline:
+                time.sleep(0.005)
+            seen.append((bool(server.requests), len(server.requests)))
+
+        status = connection.request("POST", server.url + "/p", HEADERS, b"{}", 5, while_waiting=meanwhile)
+        assert status[0] == 429  # the answer read after the callback is this request's own
+        assert seen == [(True, 1)]
 
     def test_connection_close_answer_opens_a_new_connection_next_time(
         self, server: ScriptedServer, connection: DirectConnection
