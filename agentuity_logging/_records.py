@@ -150,6 +150,7 @@ _ts_cache: tuple[float, str] = (-2.0, "")
 
 _DIGITS3: Final = tuple(f"{i:03d}" for i in range(1000))
 _DIGITS3Z: Final = tuple(f"{i:03d}Z" for i in range(1000))
+_DIGITS3_BYTES: Final = tuple(b"%03d" % i for i in range(1000))
 
 
 def _new_second(created: float) -> tuple[float, str]:
@@ -346,25 +347,32 @@ _CLOSE_BRACE: Final = dict.fromkeys(LEVEL_NAMES, b"}")
 def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CLOSE_BRACE) -> list[bytes]:
     """The schema JSON of plain records, byte for byte ``orjson.dumps(plain_event(values))``.
 
-    The batch form of :func:`plain_event` for the shipping worker: one ``bytes`` formatting per
-    record and one encoder call for the message; the logger's name and the session's IDs are
-    encoded once per batch. Each line ends with ``closers[levelno]`` instead of its closing brace,
-    so a protocol can append attributes of its own (Datadog's reserved ones) without another copy.
+    The batch form of :func:`plain_event` for the shipping worker: one join of ready-made pieces and
+    one encoder call (the message) per record. The timestamp's second, the level-and-logger run
+    between the microseconds and the message, and the session's IDs are encoded once per batch (the
+    microseconds come from a table of three-digit groups: ``%06d`` alone cost ~100 ns). Each line
+    ends with ``closers[levelno]`` instead of its closing brace, so a protocol can append attributes
+    of its own (Datadog's reserved ones) without another copy.
 
     Raises:
         Exception: whatever the encoder refuses (a message with lone surrogates, say): the caller
-        then builds those records one by one, on the general path.
+            then builds those records one by one, on the general path.
     """
     import orjson
 
     dumps = orjson.dumps
+    join = b"".join
+    digits = _DIGITS3_BYTES
     levels = _LEVEL_BYTES
     start, prefix = _ts_cache
     head = b'{"timestamp":"' + prefix.encode()
-    names: dict[str, bytes] = {}
+    middles: dict[tuple[int, str], bytes] = {}
     sessions: dict[tuple[str, str | None], bytes] = {}
     lines: list[bytes] = []
     append = lines.append
+    last_name: object = None
+    last_level = -1
+    middle = closer = b""
     for created, levelno, name, message, session_id, thread_id in items:
         frac = created - start
         if 0.0 <= frac < _LAST_US:
@@ -374,17 +382,22 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
             start, prefix = _ts_cache
             head = b'{"timestamp":"' + prefix.encode()
             us = _micros(created - start)
-        if type(name) is str:
-            encoded = names.get(name)
-            if encoded is None:
-                encoded = names[name] = dumps(name)
-        else:
-            encoded = dumps(name)
+        if name is not last_name or levelno != last_level:
+            closer = closers[levelno]
+            if type(name) is str:
+                key = (levelno, name)
+                found = middles.get(key)
+                if found is None:
+                    found = middles[key] = b'Z","level":"%s","logger":%s,"message":' % (
+                        levels[levelno],
+                        dumps(name),
+                    )
+                middle, last_name, last_level = found, name, levelno
+            else:  # not cached: the next record renders it again
+                middle = b'Z","level":"%s","logger":%s,"message":' % (levels[levelno], dumps(name))
+                last_name = None
         if session_id is None:
-            append(
-                b'%s%06dZ","level":"%s","logger":%s,"message":%s%s'
-                % (head, us, levels[levelno], encoded, dumps(message), closers[levelno])
-            )
+            append(join((head, digits[us // 1000], digits[us % 1000], middle, dumps(message), closer)))
         else:
             pair = (session_id, thread_id)
             ids = sessions.get(pair)
@@ -393,10 +406,7 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
                     dumps(session_id),
                     dumps(thread_id),
                 )
-            append(
-                b'%s%06dZ","level":"%s","logger":%s,"message":%s%s%s'
-                % (head, us, levels[levelno], encoded, dumps(message), ids, closers[levelno])
-            )
+            append(join((head, digits[us // 1000], digits[us % 1000], middle, dumps(message), ids, closer)))
     return lines
 
 
