@@ -185,6 +185,16 @@ def _micros(frac: float) -> int:
     return min(int(frac * 1_000_000), 999_999)
 
 
+def cached_second(created: float) -> tuple[float, str, int]:
+    """The cached second for ``created`` (moved there if needed): its start, its prefix and the micros.
+
+    For batch builders that inline :func:`format_timestamp`'s fast test and call this on a miss.
+    """
+    format_timestamp(created)
+    start, prefix = _ts_cache
+    return start, prefix, _micros(created - start)
+
+
 def timestamp_us(created: float) -> int:
     """Return the microseconds since the epoch that :func:`format_timestamp` renders for ``created``."""
     second = math.floor(created)
@@ -378,10 +388,8 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
         if 0.0 <= frac < _LAST_US:
             us = int(frac * 1_000_000)
         else:
-            format_timestamp(created)  # moves the cached second to this record's
-            start, prefix = _ts_cache
+            start, prefix, us = cached_second(created)
             head = b'{"timestamp":"' + prefix.encode()
-            us = _micros(created - start)
         if name is not last_name or levelno != last_level:
             closer = closers[levelno]
             if type(name) is str:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from agentuity_logging._delivery._datadog import MAX_ENTRY_BYTES, DatadogProtocol
 from agentuity_logging._delivery._http import HTTPProtocol
-from agentuity_logging._delivery._loki import MAX_METADATA_VALUE_CHARS, LokiProtocol
+from agentuity_logging._delivery._loki import MAX_LINE_BYTES, MAX_METADATA_VALUE_CHARS, LokiProtocol
 from agentuity_logging._delivery._redaction import REDACTED
 from agentuity_logging._records import PlainValues, event_from_record, plain_event, plain_lines
 from agentuity_logging.shipping import DatadogShipper
@@ -165,6 +165,39 @@ class TestProtocols:
         long_id = "sess_" + "a" * MAX_METADATA_VALUE_CHARS
         batch: list[PlainValues] = [(1.8e9, logging.INFO, "a", "m", long_id, THREAD_ID)] * 2
         assert protocol.prepare_plain(batch) == [protocol.prepare(plain_event(v)) for v in batch]
+
+    @pytest.mark.parametrize("session", [True, False])
+    def test_loki_lines_near_the_limit_are_what_prepare_makes(self, session: bool) -> None:
+        """Over the line limit, over it only with the IDs, or only once escaped: as prepare makes them."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json")
+        ids = (SESSION_ID, THREAD_ID) if session else (None, None)
+        bare_line = len(orjson.dumps(plain_event((1.8e9, logging.INFO, "a", "", None, None))))
+        messages = [
+            "x" * (MAX_LINE_BYTES + 10),
+            "y" * (MAX_LINE_BYTES - bare_line - 40),  # fits, unless the IDs join the line
+            '"' * (MAX_LINE_BYTES // 2 - 300),  # fits; escaped into the push value it would not
+        ]
+        batch: list[PlainValues] = [
+            (1.8e9 + i / 1000, logging.INFO, "a", m, *ids) for i, m in enumerate(messages)
+        ]
+        expected = [protocol.prepare(plain_event(v)) for v in batch]
+        assert protocol.prepare_plain(batch) == expected
+        cut = [b"[truncated" in value for value in expected]  # cut with a marker, as prepare does
+        assert cut == [True, session, False]
+
+    def test_loki_a_new_second_costs_one_record_by_record_call(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The first record of an uncached second goes through prepare, which caches it; the rest don't."""
+        protocol = LokiProtocol("http://127.0.0.1:9", encoding="json")
+        batch: list[PlainValues] = [
+            (1.9e9 + i / 10_000, logging.INFO, "a", "m", None, None) for i in range(100)
+        ]
+        expected = [protocol.prepare(plain_event(v)) for v in batch]
+        fresh = LokiProtocol("http://127.0.0.1:9", encoding="json")
+        calls: list[object] = []
+        real = fresh.prepare
+        monkeypatch.setattr(fresh, "prepare", lambda event: calls.append(event) or real(event))
+        assert fresh.prepare_plain(batch) == expected
+        assert len(calls) == 1
 
     def test_other_protocols_use_prepare(self) -> None:
         """A protocol without a batch path prepares each record's event (the default)."""
