@@ -26,7 +26,9 @@ from typing import Any, Final, TypeAlias
 
 __all__ = [
     "CLASHING_NAMES",
+    "DIGITS3_BYTES",
     "EXCEPTION_KEY",
+    "LAST_US",
     "LEVEL_NAMES",
     "RECORD_ATTRS",
     "SCHEMA_KEYS",
@@ -37,6 +39,7 @@ __all__ = [
     "THREAD_KEY",
     "PlainValues",
     "bad_arguments_message",
+    "cached_second",
     "event_from_record",
     "exception_info",
     "format_timestamp",
@@ -150,7 +153,7 @@ _ts_cache: tuple[float, str] = (-2.0, "")
 
 _DIGITS3: Final = tuple(f"{i:03d}" for i in range(1000))
 _DIGITS3Z: Final = tuple(f"{i:03d}Z" for i in range(1000))
-_DIGITS3_BYTES: Final = tuple(b"%03d" % i for i in range(1000))
+DIGITS3_BYTES: Final = tuple(b"%03d" % i for i in range(1000))
 
 
 def _new_second(created: float) -> tuple[float, str]:
@@ -168,7 +171,7 @@ def format_timestamp(created: float) -> str:
     """
     start, prefix = _ts_cache
     frac = created - start
-    if 0.0 <= frac < _LAST_US:  # (the same test is inlined in event_from_record)
+    if 0.0 <= frac < LAST_US:  # (the same test is inlined in event_from_record)
         us = int(frac * 1_000_000)
     else:
         start, prefix = _new_second(created)
@@ -177,7 +180,7 @@ def format_timestamp(created: float) -> str:
 
 
 #: Offsets below this map to microseconds 0..999_998 without rounding up to the next second.
-_LAST_US: Final = 0.999_999
+LAST_US: Final = 0.999_999
 
 
 def _micros(frac: float) -> int:
@@ -190,8 +193,7 @@ def cached_second(created: float) -> tuple[float, str, int]:
 
     For batch builders that inline :func:`format_timestamp`'s fast test and call this on a miss.
     """
-    format_timestamp(created)
-    start, prefix = _ts_cache
+    start, prefix = _new_second(created)
     return start, prefix, _micros(created - start)
 
 
@@ -275,7 +277,7 @@ def event_from_record(record: logging.LogRecord, skip: frozenset[str] | set[str]
     created = record.created
     start, prefix = _ts_cache
     frac = created - start
-    if 0.0 <= frac < _LAST_US:
+    if 0.0 <= frac < LAST_US:
         us = int(frac * 1_000_000)
         stamp = prefix + _DIGITS3[us // 1000] + _DIGITS3Z[us % 1000]
     else:
@@ -372,7 +374,7 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
 
     dumps = orjson.dumps
     join = b"".join
-    digits = _DIGITS3_BYTES
+    digits = DIGITS3_BYTES
     levels = _LEVEL_BYTES
     start, prefix = _ts_cache
     head = b'{"timestamp":"' + prefix.encode()
@@ -385,7 +387,7 @@ def plain_lines(items: Sequence[PlainValues], closers: Mapping[int, bytes] = _CL
     middle = closer = b""
     for created, levelno, name, message, session_id, thread_id in items:
         frac = created - start
-        if 0.0 <= frac < _LAST_US:
+        if 0.0 <= frac < LAST_US:
             us = int(frac * 1_000_000)
         else:
             start, prefix, us = cached_second(created)

@@ -14,7 +14,7 @@ import operator
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -37,10 +37,8 @@ from agentuity_logging._delivery._protocol import (
     validate_headers,
 )
 from agentuity_logging._records import (
-    _DIGITS3_BYTES as _DIGITS3,
-)
-from agentuity_logging._records import (
-    _LAST_US,
+    DIGITS3_BYTES,
+    LAST_US,
     LEVEL_NAMES,
     PlainValues,
     cached_second,
@@ -176,6 +174,10 @@ class _Entry:
         self.labels = labels
         self.line = line
         self.metadata = metadata
+
+
+#: The in-line IDs, the line's end (and metadata) and the IDs' length in the line, for no session.
+_NO_IDS: Final = (b"", b'}"]', 0)
 
 
 def _escaped(fragment: bytes) -> bytes:
@@ -332,7 +334,7 @@ class LokiProtocol(WireProtocol):
             self._seconds,
             _dumps,
             b"".join,
-            _DIGITS3,
+            DIGITS3_BYTES,
         )
         middles: dict[tuple[int, str], tuple[bytes, bytes, int]] = {}
         sessions: dict[tuple[str, str], tuple[bytes, bytes, int] | None] = {}
@@ -346,14 +348,14 @@ class LokiProtocol(WireProtocol):
         for values in items:
             created, levelno, name, message, sid, tid = values
             frac = created - start
-            if 0.0 <= frac < _LAST_US:
+            if 0.0 <= frac < LAST_US:
                 us = int(frac * 1_000_000)
             else:
                 start, prefix, us = cached_second(created)
                 known = seconds_of.get(prefix)
                 seconds = b'["' + known.encode() if known is not None else b""
                 head = b'","{\\"timestamp\\":\\"' + prefix.encode()
-                last_name = None  # the lead below holds the second's digits
+                last_name = None  # ``labels`` below ends with this second's digits: rebuild it
             if name is not last_name or levelno != last_level:
                 found = labels_of.get(levelno)
                 if not seconds or found is None or type(name) is not str:
@@ -371,28 +373,25 @@ class LokiProtocol(WireProtocol):
                     cached = middles[(levelno, name)] = (found, _escaped(plain), 34 + 6 + len(plain) + 1)
                 labels, middle, fixed = found + seconds, cached[1], cached[2]
                 last_name, last_level = name, levelno
-            encoded = dumps(message)
-            high, low = digits[us // 1000], digits[us % 1000]
             if sid is None:
-                if fixed + len(encoded) > MAX_LINE_BYTES:
-                    append(self.prepare(plain_event(values)))
-                    continue
-                escaped = dumps(encoded.decode())[1:-1]
-                append(join((labels, high, low, b"000", head, high, low, middle, escaped, b'}"]')))
-                continue
-            ids = sessions.get((sid, tid))  # type: ignore[arg-type]
-            if ids is None:
-                if (sid, tid) in sessions or len(sid) + len(tid) > MAX_METADATA_VALUE_CHARS:  # type: ignore[arg-type]
-                    sessions[(sid, tid)] = None  # type: ignore[index]
-                    append(self.prepare(plain_event(values)))
-                    continue
-                in_line = b',"agentuitySessionId":%s,"agentuityThreadId":%s' % (dumps(sid), dumps(tid))
-                metadata = b'}",' + dumps({_SID: sid, _TID: tid}) + b"]"
-                ids = sessions[(sid, tid)] = (_escaped(in_line), metadata, len(in_line))  # type: ignore[index]
+                ids = _NO_IDS
+            else:
+                found_ids = sessions.get((sid, tid))  # type: ignore[arg-type]
+                if found_ids is None:
+                    if (sid, tid) in sessions or len(sid) + len(tid) > MAX_METADATA_VALUE_CHARS:  # type: ignore[arg-type]
+                        sessions[(sid, tid)] = None  # type: ignore[index]
+                        append(self.prepare(plain_event(values)))
+                        continue
+                    in_line = b',"agentuitySessionId":%s,"agentuityThreadId":%s' % (dumps(sid), dumps(tid))
+                    metadata = b'}",' + dumps({_SID: sid, _TID: tid}) + b"]"
+                    found_ids = sessions[(sid, tid)] = (_escaped(in_line), metadata, len(in_line))  # type: ignore[index]
+                ids = found_ids
+            encoded = dumps(message)
             if fixed + len(encoded) + ids[2] > MAX_LINE_BYTES:
                 append(self.prepare(plain_event(values)))
                 continue
-            escaped = dumps(encoded.decode())[1:-1]
+            high, low = digits[us // 1000], digits[us % 1000]
+            escaped = dumps(encoded.decode())[1:-1]  # _escaped(), inline: a call per record costs ~70 ns
             append(join((labels, high, low, b"000", head, high, low, middle, escaped, ids[0], ids[1])))
         return out
 
