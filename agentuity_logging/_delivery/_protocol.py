@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from agentuity_logging import _json
 from agentuity_logging._records import PlainValues, plain_event
 
 __all__ = [
+    "GZIP_BACKEND",
     "MESSAGE_LIMIT_CHARS",
     "SPAN_ID_KEYS",
     "TRACE_ID_KEYS",
@@ -389,17 +390,40 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
     return max(0.0, moment.timestamp() - now)
 
 
-def gzip_bytes(data: bytes) -> bytes:
-    """Gzip ``data`` at level 1: cheap on the worker thread, still shrinks JSON 5-10x.
-
-    One ``zlib.compress`` call where Python has its ``wbits`` (3.11+): each zlib call releases the
-    GIL, and while the application's thread is busy logging, taking the GIL back costs the worker
-    up to a switch interval (5 ms by default), so every release saved speeds delivery in a burst.
-    """
+def _gzip_with_zlib(data: bytes) -> bytes:
     if sys.version_info >= (3, 11):
         return zlib.compress(data, 1, 31)
     compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
     return compressor.compress(data) + compressor.flush()
+
+
+def _fastest_gzip() -> tuple[Callable[[bytes], bytes], str]:
+    """ISA-L's gzip when python-isal is installed (the ``isal`` extra), else zlib's."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return _gzip_with_zlib, "zlib"
+    compress = isal_zlib.compress
+
+    def gzip_with_isal(data: bytes) -> bytes:
+        return compress(data, 1, 31)
+
+    return gzip_with_isal, "isal"
+
+
+_gzip, GZIP_BACKEND = _fastest_gzip()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """Gzip ``data`` at level 1: cheap on the worker thread, still shrinks JSON 5-10x.
+
+    With python-isal installed, ISA-L's deflate does it: on a batch of 1,000 records it took ~50 µs
+    against zlib's ~360-560 µs here, for a body as small (see ``docs/performance.md``). The output
+    is ordinary gzip either way. One call per body: each call releases the GIL, and while the
+    application's thread is busy logging, taking the GIL back costs the worker up to a switch
+    interval (5 ms by default), so every release saved speeds delivery in a burst.
+    """
+    return _gzip(data)
 
 
 def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:

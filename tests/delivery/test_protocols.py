@@ -7,6 +7,7 @@ import datetime as dt
 import email.utils
 import gzip
 import math
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentuity_logging._delivery import _protobuf as pb
+from agentuity_logging._delivery import _protocol
 from agentuity_logging._delivery._datadog import DATADOG_SITES, DatadogProtocol
 from agentuity_logging._delivery._http import HTTPProtocol
 from agentuity_logging._delivery._loki import LokiProtocol, format_labels, quote_label_value
@@ -74,6 +76,36 @@ class TestRequest:
         """An Answer without details carries no delay, message or rejections."""
         answer = Answer(Outcome.SENT)
         assert (answer.retry_after_s, answer.message, answer.rejected) == (None, None, 0)
+
+
+class TestGzip:
+    """Request bodies are gzip at level 1, through ISA-L when python-isal is installed."""
+
+    BODIES = (b"", b"[]", b'[{"message":"caf\xc3\xa9"}]', bytes(range(256)) * 4096, b"x" * 5_000_000)
+
+    @pytest.mark.parametrize("body", BODIES, ids=["empty", "array", "utf8", "binary-1MiB", "5MB"])
+    @pytest.mark.parametrize("backend", ["selected", "zlib"])
+    def test_any_gzip_reader_gets_the_body_back(self, body: bytes, backend: str) -> None:
+        """Whatever compresses, the result is a complete gzip member the stdlib reads back."""
+        compress = _protocol.gzip_bytes if backend == "selected" else _protocol._gzip_with_zlib
+        data = compress(body)
+        assert data[:2] == b"\x1f\x8b"
+        assert gzip.decompress(data) == body
+
+    def test_isal_is_used_when_installed(self) -> None:
+        """With the ``isal`` extra installed (the dev set-up has it), its deflate is the one used."""
+        pytest.importorskip("isal")
+        assert _protocol.GZIP_BACKEND == "isal"
+        compress, name = _protocol._fastest_gzip()
+        assert name == "isal"
+        assert compress is not _protocol._gzip_with_zlib
+
+    def test_zlib_without_isal(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without python-isal the stdlib's zlib does it, and nothing else changes."""
+        monkeypatch.setitem(sys.modules, "isal", None)  # makes ``from isal import ...`` fail
+        compress, name = _protocol._fastest_gzip()
+        assert (compress, name) == (_protocol._gzip_with_zlib, "zlib")
+        assert gzip.decompress(compress(b"[1]")) == b"[1]"
 
 
 class TestRetryAfter:
