@@ -12,6 +12,8 @@ Contenders:
   ``LokiQueueHandler`` (the same, on a listener thread).
 * ``otel``: the OpenTelemetry SDK's ``BatchLogRecordProcessor`` with its OTLP/HTTP exporter.
 * ``ours-datadog``: ``DatadogShipper`` (gzip level 1), ``ours-loki-json``: ``LokiShipper(encoding="json")``.
+  With python-isal installed (the ``isal`` extra) they gzip with ISA-L, and ``…-zlib`` runs the same
+  shippers with zlib's gzip, as an installation without the extra would.
 
 Run::
 
@@ -19,6 +21,7 @@ Run::
     .venv/bin/python benchmarks/bench_shipping.py --full     # the one-minute outage at 10,000 records/s
     .venv/bin/python benchmarks/bench_shipping.py --instructions   # exact CPU instructions (valgrind)
     .venv/bin/python benchmarks/bench_shipping.py --instructions --session   # records in a session
+    .venv/bin/python benchmarks/bench_shipping.py --round-trip-ms 50 --rounds 3  # a far-away backend
 
 ``--session`` runs every producer loop inside ``agentuity_logging.session()`` with the package's
 record factory installed (as ``configure()`` does), so every record carries ``agentuitySessionId`` and
@@ -28,7 +31,8 @@ record factory installed (as ``configure()`` does), so every record carries ``ag
 request building, gzip and HTTP included) under valgrind's callgrind, for N and 11N records in
 fresh processes: the difference over 10N excludes start-up. Producer and worker share one GIL, so
 the ratio plain / ours is what the delivered rate tends to on a quiet machine, minus what runs
-with the GIL released (gzip, socket I/O) on a second core.
+with the GIL released (gzip, socket I/O) on a second core. It also gives the application thread's
+share alone (callgrind's per-thread counts): the deterministic form of the application-thread cost.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from _callgrind import callgrind_total
+from _callgrind import callgrind_by_thread
 
 RUN_PATTERN = re.compile(rb"bench-([0-9a-z]+)-([0-9]+)\b")
 
@@ -70,6 +74,7 @@ class SinkState:
     def __init__(self) -> None:
         self.runs: dict[str, tuple[bytearray, list[int]]] = {}  # run -> (seen, [unique, dups])
         self.down = False
+        self.delay_s = 0.0  # how long the sink takes to answer a delivery (a far-away backend)
         self.requests = 0
 
     def reset(self, run: str, n: int) -> None:
@@ -167,11 +172,16 @@ async def _serve_sink(port: int, runs: list[str]) -> None:
                 elif path == "/_down":
                     state.down = params.get("on") == "1"
                     status = 200
+                elif path == "/_delay":
+                    state.delay_s = int(params["ms"]) / 1000
+                    status = 200
                 elif state.down:
                     status = 503
                 else:
                     state.requests += 1
                     status = state.ingest(path, headers, body)
+                    if state.delay_s:
+                        await asyncio.sleep(state.delay_s)
                 writer.write(
                     f"HTTP/1.1 {status} X\r\nContent-Length: {len(reply)}\r\n"
                     "Content-Type: application/json\r\n\r\n".encode()
@@ -224,6 +234,9 @@ class Sink:
 
     def reset(self, run: str, n: int) -> None:
         self._get(f"/_reset?run={run}&n={n}")
+
+    def delay(self, ms: int) -> None:
+        self._get(f"/_delay?ms={ms}")
 
     def status(self, run: str) -> dict[str, int]:
         return orjson.loads(self._get(f"/_status?run={run}"))  # type: ignore[no-any-return]
@@ -307,7 +320,23 @@ def bench_plain(sink: Sink, n: int) -> dict[str, Any]:
     return {"rate": n / elapsed, "app_us": cpu / n * 1e6, "delivered": n}
 
 
-def bench_ours(sink: Sink, n: int, kind: str) -> dict[str, Any]:
+@contextlib.contextmanager
+def zlib_gzip() -> Any:
+    """Gzip with zlib for the duration, as without python-isal (the ``isal`` extra)."""
+    from agentuity_logging._delivery import _protocol
+
+    saved = _protocol._gzip
+    _protocol._gzip = _protocol._gzip_with_zlib
+    try:
+        yield
+    finally:
+        _protocol._gzip = saved
+
+
+def bench_ours(sink: Sink, n: int, kind: str, *, zlib_only: bool = False) -> dict[str, Any]:
+    if zlib_only:
+        with zlib_gzip():
+            return bench_ours(sink, n, kind)
     from agentuity_logging.shipping import DatadogShipper, LokiShipper, ShippingHandler
 
     shipper = (
@@ -555,6 +584,7 @@ def instructions_child(kind: str, url: str, n: int) -> None:
     from agentuity_logging.shipping import DatadogShipper, LokiShipper, ShippingHandler
 
     shipper = None
+    kind, _, backend = kind.partition("-")
     if kind == "plain":
         handler: logging.Handler = logging.StreamHandler(io.StringIO())
     else:
@@ -568,15 +598,18 @@ def instructions_child(kind: str, url: str, n: int) -> None:
     logger.info("warm-up")
     if shipper is not None:
         shipper.flush(30)
-    produce(logger, "instr", n)
-    if shipper is not None:
-        assert shipper.flush(120), shipper.stats()
-        shipper.close()
+    with zlib_gzip() if backend == "zlib" else contextlib.nullcontext():
+        produce(logger, "instr", n)
+        if shipper is not None:
+            assert shipper.flush(120), shipper.stats()
+            shipper.close()
 
 
-def instructions_per_record(sink: Sink, kind: str, n: int) -> float:
-    def total(count: int) -> int:
-        return callgrind_total(
+def instructions_per_record(sink: Sink, kind: str, n: int) -> tuple[float, float]:
+    """Instructions per record: the whole process's, and the application thread's alone."""
+
+    def totals(count: int) -> list[int]:
+        return callgrind_by_thread(
             [
                 sys.executable,
                 __file__,
@@ -588,20 +621,49 @@ def instructions_per_record(sink: Sink, kind: str, n: int) -> float:
             ]
         )
 
-    return (total(11 * n) - total(n)) / (10 * n)
+    small, large = totals(n), totals(11 * n)
+    return (sum(large) - sum(small)) / (10 * n), (large[0] - small[0]) / (10 * n)
 
 
 def bench_instructions(n: int) -> None:
     sink = Sink()
     sink.start()
     try:
-        counts = {kind: instructions_per_record(sink, kind, n) for kind in ("plain", "datadog", "loki")}
+        from agentuity_logging._delivery._protocol import GZIP_BACKEND
+
+        kinds = ["plain", "datadog", "loki"]
+        if GZIP_BACKEND != "zlib":
+            kinds += ["datadog-zlib", "loki-zlib"]
+        counts = {kind: instructions_per_record(sink, kind, n) for kind in kinds}
     finally:
         sink.stop()
     where = "in a session" if IN_SESSION else "outside a session"
-    print(f"\ninstructions per record, whole process, {where} (callgrind, {n:,} and {11 * n:,} records)")
-    for kind, count in counts.items():
-        print(f"  {kind:8} {count:10,.0f}   plain/this: {counts['plain'] / count:.2f}")
+    print(f"\ninstructions per record, {where} (callgrind, {n:,} and {11 * n:,} records)")
+    print(f"  {'':12} {'whole process':>14} {'plain/this':>11} {'app thread':>11} {'this/plain':>11}")
+    plain_total, plain_app = counts["plain"]
+    for kind, (total, app) in counts.items():
+        print(f"  {kind:12} {total:14,.0f} {plain_total / total:11.2f} {app:11,.0f} {app / plain_app:11.2f}")
+    print(
+        "  (whole process: plain/this is what the delivered rate tends to; app thread: the log\n"
+        "   calls' own thread, worker excluded, against the plain call: the application-thread cost)"
+    )
+
+
+# --- a far-away backend ----------------------------------------------------------------------
+
+
+def bench_round_trip(n: int, ms: int, rounds: int) -> None:
+    """Delivered records/s when every delivery takes ``ms`` to answer: one request in flight."""
+    sink = Sink()
+    sink.start()
+    try:
+        sink.delay(ms)
+        rates = [bench_ours(sink, n, "datadog")["rate"] for _ in range(rounds)]
+    finally:
+        sink.stop()
+    print(f"\nDatadog, the sink answering after {ms} ms, {n:,} records per run, {rounds} runs")
+    print(f"  delivered/s: median {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})")
+    print(f"  one 1,000-entry request per round trip would allow {1000 / (ms / 1000):,.0f}/s")
 
 
 # --- driver ----------------------------------------------------------------------------------
@@ -618,6 +680,11 @@ def main() -> None:
     parser.add_argument("--skip-outage", action="store_true")
     parser.add_argument("--instructions", action="store_true", help="instruction counts (valgrind)")
     parser.add_argument("--session", action="store_true", help="log inside a session (records carry IDs)")
+    parser.add_argument(
+        "--round-trip-ms",
+        type=int,
+        help="only: Datadog's delivered rate when the sink answers after this long (a far-away backend)",
+    )
     parser.add_argument("--instructions-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.session:
@@ -633,12 +700,25 @@ def main() -> None:
         bench_instructions(2000)
         return
 
+    if args.round_trip_ms is not None:
+        bench_round_trip(args.n, args.round_trip_ms, args.rounds)
+        return
+    from agentuity_logging._delivery._protocol import GZIP_BACKEND
+
     sink = Sink()
     sink.start()
     try:
         contenders: dict[str, Callable[[], dict[str, Any]]] = {
             "ours-datadog": lambda: bench_ours(sink, args.n, "datadog"),
             "ours-loki-json": lambda: bench_ours(sink, args.n, "loki"),
+            **(
+                {
+                    "ours-datadog-zlib": lambda: bench_ours(sink, args.n, "datadog", zlib_only=True),
+                    "ours-loki-json-zlib": lambda: bench_ours(sink, args.n, "loki", zlib_only=True),
+                }
+                if GZIP_BACKEND != "zlib"
+                else {}
+            ),
             "reference-lean-datadog": lambda: bench_lean(sink, args.n),
             "otel-batch": lambda: bench_otel(sink, args.n),
             "logging_loki-LokiQueueHandler": lambda: bench_logging_loki(sink, 2000, True),
