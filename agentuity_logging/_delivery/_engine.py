@@ -12,7 +12,10 @@ engine owns everything that is hard to get right once per backend:
   ``block_timeout_s`` a log call may instead wait that long for room first.
 * **Batches** fill up to the protocol's limits (count and bytes) and leave when full, when the
   oldest record is ``flush_interval_s`` old, or on ``flush()``/``close()``. One keep-alive
-  connection per shipper (:mod:`._transport`); one request in flight, so records arrive in order.
+  connection per shipper (:mod:`._transport`) and one request in flight by default, so records
+  arrive in order; ``max_in_flight=N`` sends up to N batches at once on N connections (for a
+  far-away backend: one request in flight delivers at most one batch per round trip) and still
+  acknowledges them in order.
 * **Every answer is classified** by the protocol: retried with exponential backoff and full
   jitter (no retry limit, honouring ``Retry-After``), split in halves on 413, dropped and counted
   on a final refusal, or paused on an authentication failure (records kept, slow re-probe).
@@ -36,6 +39,7 @@ import itertools
 import logging
 import math
 import os
+import queue
 import random
 import signal
 import sys
@@ -94,6 +98,8 @@ DEFAULT_RETRY_MAX_S: Final = 10.0
 #: A ``Retry-After`` longer than this is capped (a server asking for an hour is not honoured).
 RETRY_AFTER_MAX_S: Final = 120.0
 DEFAULT_REQUEST_TIMEOUT_S: Final = 10.0
+#: Bound of ``max_in_flight``: each request in flight holds a connection and a thread.
+MAX_IN_FLIGHT: Final = 32
 DEFAULT_FLUSH_TIMEOUT_S: Final = 10.0
 #: Bound of ``close()`` and of the flush at interpreter exit or SIGTERM.
 DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
@@ -135,6 +141,8 @@ class EngineOptions(TypedDict, total=False):
     block_timeout_s: float
     #: Timeout of one HTTP request (default 10 s).
     request_timeout_s: float
+    #: Requests sent at the same time, each on its own connection (default 1; at most 32).
+    max_in_flight: int
     #: What ``flush()`` waits at most when called without a timeout (default 10 s).
     flush_timeout_s: float
     #: What ``close()`` (and the flush at exit or SIGTERM) waits at most (default 5 s).
@@ -198,6 +206,11 @@ class _Settings:
         self.flush_interval_s = _positive(options, "flush_interval_s", DEFAULT_FLUSH_INTERVAL_S)
         self.block_timeout_s = _positive(options, "block_timeout_s", 0.0, zero=True)
         self.request_timeout_s = _positive(options, "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)
+        self.max_in_flight = _count(options, "max_in_flight", 1)
+        if self.max_in_flight > MAX_IN_FLIGHT:
+            raise ConfigurationError(
+                f"max_in_flight: expected at most {MAX_IN_FLIGHT}, got {self.max_in_flight}"
+            )
         self.flush_timeout_s = _positive(options, "flush_timeout_s", DEFAULT_FLUSH_TIMEOUT_S)
         self.close_timeout_s = _positive(options, "close_timeout_s", DEFAULT_CLOSE_TIMEOUT_S, zero=True)
         self.retry_initial_s = _positive(options, "retry_initial_s", DEFAULT_RETRY_INITIAL_S)
@@ -251,6 +264,18 @@ class _WorkerRecordFilter(logging.Filter):
 _client_filter: Final = _WorkerRecordFilter()
 
 
+class _Part:
+    """A part of a batch handed to a sender thread, and what became of it."""
+
+    __slots__ = ("batch", "done", "finished", "slot")
+
+    def __init__(self, batch: SpoolBatch, slot: int) -> None:
+        self.batch = batch
+        self.slot = slot  # the connection it goes out on
+        self.done = threading.Event()
+        self.finished = False
+
+
 class _MemoryStore:
     """Prepared records waiting to be sent when there is no disk spool.
 
@@ -278,13 +303,9 @@ class _MemoryStore:
             return None
         head = self.head
         batch = self.records[head : head + max_records]
-        size = sum(map(len, batch))
-        if size > max_bytes:
-            # The longest prefix within the byte bound (always at least one record).
-            count = max(1, bisect.bisect_right(list(itertools.accumulate(map(len, batch))), max_bytes))
-            batch = batch[:count]
-            size = sum(map(len, batch))
-        return SpoolBatch(batch, [], size)
+        # The longest prefix within the byte bound (always at least one record).
+        count, size = _within_bytes(batch, max_bytes)
+        return SpoolBatch(batch[:count] if count < len(batch) else batch, [], size)
 
     def ack(self, batch: SpoolBatch, start: int, end: int) -> None:
         self.head += end - start
@@ -293,6 +314,16 @@ class _MemoryStore:
         if self.head >= 4096 and self.head * 2 >= len(self.records):
             del self.records[: self.head]  # one memmove now and then, not a pop per record
             self.head = 0
+
+
+def _within_bytes(records: list[bytes], max_bytes: int) -> tuple[int, int]:
+    """How many of ``records`` (at least one) fit in ``max_bytes``, and their size."""
+    size = sum(map(len, records))
+    if size <= max_bytes:
+        return len(records), size
+    sizes = list(itertools.accumulate(map(len, records)))
+    count = max(1, bisect.bisect_right(sizes, max_bytes))
+    return count, sizes[count - 1]
 
 
 def _size_of(batch: SpoolBatch, start: int, end: int) -> int:
@@ -508,7 +539,11 @@ class DeliveryEngine:
         self._waiting_producers = 0
         self._thread: threading.Thread | None = None
         self._mp_finalizer: Any = None
-        self._client: Transport | None = None
+        # A connection per request in flight: the worker's first, then the senders'.
+        self._clients: list[Transport | None] = [None] * self._s.max_in_flight
+        # The sender threads' job queues, by connection (``max_in_flight`` > 1), started lazily.
+        self._senders: dict[int, queue.SimpleQueue[_Part | None]] = {}
+        self._sender_threads: list[threading.Thread] = []
         self._closing = False
         self._close_deadline = math.inf
         # Set when a retry would land after the close deadline: stop sending, do not spin.
@@ -912,9 +947,8 @@ class DeliveryEngine:
         """In a forked child: start over, never touching (or resending) the parent's state."""
         if self._pid == os.getpid():
             return
-        spool, client = self._spool, self._client
-        if client is not None:
-            _abandoned.append(client)
+        spool = self._spool
+        _abandoned.extend(client for client in self._clients if client is not None)
         self._spool = None
         self._reset()
         if spool is not None:
@@ -1204,23 +1238,28 @@ class DeliveryEngine:
     def _send_ready(self, *, force: bool) -> None:
         """Send full batches, and the last partial one too when ``force``."""
         store = self._store
+        at_once = self._s.max_in_flight
         try:
             while not self._paused_until:
                 if self._closing and time.monotonic() >= self._close_deadline:
                     return
-                batch = store.peek(self._batch_records, self._batch_bytes)
+                batch = store.peek(self._batch_records * at_once, self._batch_bytes * at_once)
                 if batch is None:
                     return
+                parts = [batch] if at_once == 1 else self._parts(batch)
                 # A batch is full when it reached a bound, or when more records wait than it holds
                 # (the byte bound stopped it short of the count).
+                last = parts[-1]
                 full = (
-                    len(batch.records) >= self._batch_records
-                    or batch.size >= self._batch_bytes
+                    len(last.records) >= self._batch_records
+                    or last.size >= self._batch_bytes
                     or store.pending > len(batch.records)
                 )
                 if not (force or full):
+                    parts.pop()  # the partial batch waits for more records, or for its time
+                if not parts:
                     return
-                if not self._deliver(batch):
+                if not (self._deliver(parts[0]) if len(parts) == 1 else self._deliver_parts(parts)):
                     return
                 # Between batches of a burst, keep the queue moving so producers never see it full.
                 self._drain()
@@ -1230,13 +1269,17 @@ class DeliveryEngine:
                 self._partial_bytes = store.pending_bytes
                 self._recompute_limits()
 
-    def _deliver(self, batch: SpoolBatch) -> bool:
-        """Send one batch (split on 413); whether it is finished (False: stopped, or paused)."""
+    def _deliver(self, batch: SpoolBatch, slot: int = 0) -> bool:
+        """Send one batch (split on 413); whether it is finished (False: stopped, or paused).
+
+        On the worker (``slot`` 0) each finished range is acknowledged at once. A sender thread's
+        part is acknowledged by the worker afterwards, in order (see :meth:`_deliver_parts`).
+        """
         ranges = [(0, len(batch.records))]
         done = 0
         while ranges:
             start, end = ranges.pop()
-            outcome = self._attempt(batch.records[start:end])
+            outcome = self._attempt(batch.records[start:end], slot)
             if outcome is None:
                 return False
             if outcome is Outcome.SPLIT:
@@ -1246,9 +1289,83 @@ class DeliveryEngine:
                     ranges.append((start, middle))
                     continue
                 self._count_drop("too_large", 1)
-            self._acknowledge(batch, done, end)
+            if slot == 0:
+                self._acknowledge(batch, done, end)
             done = end
         return True
+
+    def _parts(self, batch: SpoolBatch) -> list[SpoolBatch]:
+        """Cut a batch taken for several requests into batches within the protocol's bounds."""
+        records, ends = batch.records, batch.ends
+        parts = []
+        start = 0
+        while start < len(records):
+            count, size = _within_bytes(records[start : start + self._batch_records], self._batch_bytes)
+            end = start + count
+            parts.append(SpoolBatch(records[start:end], ends[start:end], size))
+            start = end
+        return parts
+
+    def _deliver_parts(self, parts: list[SpoolBatch]) -> bool:
+        """Send ``parts`` at once (the first on this thread), then acknowledge them in order.
+
+        Whether all of them finished. A part finished after one that did not (delivery stopped:
+        the close deadline, or refused credentials) stays unacknowledged and is sent again later:
+        at least once, as after a crash.
+        """
+        jobs = [_Part(part, slot) for slot, part in enumerate(parts[1:], 1)]
+        for job in jobs:
+            senders = self._sender(job.slot)
+            if senders is not None:
+                senders.put(job)
+        finished = self._deliver(parts[0])
+        for job in jobs:
+            if job.slot not in self._senders:
+                # No thread to be had (the interpreter is exiting): this thread sends it, unacknowledged.
+                job.finished = finished and self._deliver(job.batch, job.slot)
+                job.done.set()
+            while not job.done.wait(0.02):
+                # Keep the queue moving while the senders wait for their answers.
+                self._drain_meanwhile()
+                self._sync_spool()
+            finished = finished and job.finished
+            if finished:
+                self._acknowledge(job.batch, 0, len(job.batch.records))
+        return finished
+
+    def _sender(self, slot: int) -> queue.SimpleQueue[_Part | None] | None:
+        """The job queue of the sender thread owning connection ``slot``, started if needed."""
+        jobs = self._senders.get(slot)
+        if jobs is None:
+            jobs = queue.SimpleQueue()
+            thread = threading.Thread(
+                target=self._send_parts,
+                args=(slot, jobs),
+                name=f"agentuity-logging-{self.protocol.name}-{slot}",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                return None
+            self._senders[slot] = jobs
+            self._sender_threads.append(thread)
+        return jobs
+
+    def _send_parts(self, slot: int, jobs: queue.SimpleQueue[_Part | None]) -> None:
+        """A sender thread: send each part it is given on its own connection, until ``None``."""
+        ident = _get_ident()
+        _worker_threads.add(ident)  # its own diagnostics never come back to the shipper
+        try:
+            while (job := jobs.get()) is not None:
+                try:
+                    job.finished = self._deliver(job.batch, slot)
+                except Exception as exc:
+                    self._report_bug(exc)
+                finally:
+                    job.done.set()
+        finally:
+            _worker_threads.discard(ident)
 
     def _acknowledge(self, batch: SpoolBatch, start: int, end: int) -> None:
         self._store.ack(batch, start, end)
@@ -1262,7 +1379,7 @@ class DeliveryEngine:
             if self._waiting_producers:
                 self._space.notify_all()
 
-    def _attempt(self, records: list[bytes]) -> Outcome | None:
+    def _attempt(self, records: list[bytes], slot: int = 0) -> Outcome | None:
         """Send ``records`` as one request until an answer is final.
 
         Returns SENT, REFUSED (both counted), SPLIT, or ``None`` when delivery stopped: the close
@@ -1278,7 +1395,7 @@ class DeliveryEngine:
         while True:
             if self._closing and time.monotonic() >= self._close_deadline:
                 return None
-            answer = self._post(request.method, request.url, request.headers, request.body)
+            answer = self._post(request.method, request.url, request.headers, request.body, slot)
             outcome = answer.outcome
             if outcome is Outcome.SENT:
                 rejected = min(max(answer.rejected, 0), len(records))
@@ -1302,7 +1419,7 @@ class DeliveryEngine:
                 delay = backoff_s(attempt, self._s.retry_initial_s, self._s.retry_max_s)
                 if answer.retry_after_s is not None:
                     delay = max(min(answer.retry_after_s, RETRY_AFTER_MAX_S), delay)
-                if not self._wait_retry(delay):
+                if not self._wait_retry(delay, slot):
                     return None
                 continue
             if outcome is Outcome.SPLIT:
@@ -1314,17 +1431,19 @@ class DeliveryEngine:
             self._count_drop("refused", len(records), answer.message)
             return Outcome.REFUSED
 
-    def _post(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Answer:
-        """One HTTP request; transport failures become retryable answers."""
+    def _post(self, method: str, url: str, headers: dict[str, str], body: bytes, slot: int = 0) -> Answer:
+        """One HTTP request on connection ``slot``; transport failures become retryable answers."""
         timeout = self._s.request_timeout_s
         if self._closing:
             timeout = max(0.05, min(timeout, self._close_deadline - time.monotonic()))
         try:
-            client = self._client
+            client = self._clients[slot]
             if client is None:
-                client = self._client = open_transport(url, self._s.verify)
+                client = self._clients[slot] = open_transport(url, self._s.verify)
+            # Only the worker drains the queue; a sender thread just waits for its answer.
+            meanwhile = self._drain_meanwhile if slot == 0 else None
             status, answer_headers, content = client.request(
-                method, url, headers, body, timeout, while_waiting=self._drain_meanwhile
+                method, url, headers, body, timeout, while_waiting=meanwhile
             )
         except RequestRefusedError as exc:
             return Answer(Outcome.REFUSED, message=str(exc))
@@ -1340,7 +1459,7 @@ class DeliveryEngine:
                 message=f"HTTP {status}, unreadable answer ({type(exc).__name__})",
             )
 
-    def _wait_retry(self, delay: float) -> bool:
+    def _wait_retry(self, delay: float, slot: int = 0) -> bool:
         """Wait before a retry, still draining the queue; False when the close deadline cuts it."""
         until = time.monotonic() + delay
         while True:
@@ -1350,6 +1469,10 @@ class DeliveryEngine:
                 return False
             if now >= until:
                 return True
+            if slot:
+                # A sender thread: the worker drains and syncs; this one looks at the deadline.
+                time.sleep(min(until - now, 0.1))
+                continue
             due = until
             spool = self._spool
             if spool is not None and spool.sync_due_at is not None:
@@ -1432,8 +1555,16 @@ class DeliveryEngine:
                 "" if spool is None else " (the spool was full)",
                 level=logging.ERROR,
             )
-        client, self._client = self._client, None
-        if client is not None:
+        for jobs in self._senders.values():
+            jobs.put(None)  # idle by now: the worker waits for every part it hands out
+        for thread in self._sender_threads:
+            thread.join(1.0)
+        self._senders = {}
+        self._sender_threads = []
+        clients, self._clients = self._clients, [None] * len(self._clients)
+        for client in clients:
+            if client is None:
+                continue
             try:
                 client.close()
             except Exception as exc:  # pragma: no cover - closing sockets on the way out

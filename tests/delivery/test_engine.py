@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
+import warnings
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentuity_logging._delivery._engine import DeliveryEngine, backoff_s
-from agentuity_logging.shipping import DatadogShipper, HTTPShipper, OTLPShipper
+from agentuity_logging.shipping import DatadogShipper, HTTPShipper, OTLPShipper, ShippingHandler
 from tests.fakes import FakeDatadog, FakeHTTPSink, FakeOTLP
+from tests.fakes._server import ReceivedRequest, Reply, decompress
+from tests.forking import child_deadline
 
-from .shipping_support import FAST_RETRY, ShipperFactory, attach, messages, shipper_factory
+from .shipping_support import FAST_RETRY, ShipperFactory, attach, messages, poll_until, shipper_factory
 
 KEY = "fake-dd-api-key-0123456789"
 
@@ -411,6 +418,172 @@ class TestAnswers:
         assert "policy says no" in (stats["last_error"] or "")
 
 
+def _stall_then_queue(shipper: DatadogShipper, fake: FakeDatadog, logger: logging.Logger, n: int) -> None:
+    """Queue ``n`` records while the worker waits for a slow answer, so they leave together after it."""
+    fake.slow_next(1, seconds=0.5)
+    logger.info("warm-up")
+    shipper.flush(0.01)  # the warm-up record leaves now and stalls in the fake for 0.5 s
+    assert fake.wait_for(lambda: fake._in_flight == 1, 5)
+    for i in range(n):
+        logger.info("record %d", i)
+
+
+class TestRequestsInFlight:
+    """``max_in_flight=N``: up to N batches at once, each on its own connection, acknowledged in order."""
+
+    def test_batches_go_out_at_once_on_their_own_connections(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """Forty queued records in batches of ten: four requests in flight together, four connections."""
+        shipper = datadog(make, fake_datadog, max_in_flight=4, max_batch_records=10, flush_interval_s=60)
+        logger = attach(shipper)
+        _stall_then_queue(shipper, fake_datadog, logger, 40)
+        fake_datadog.slow_next(4, seconds=0.3)
+        assert shipper.flush(10)
+        assert fake_datadog.in_flight_peak == 4
+        batches = [r for r in fake_datadog.requests if r.status == 202][1:]
+        assert len(batches) == 4
+        assert len({r.client_port for r in batches}) == 4
+        assert sorted(messages(fake_datadog.entries)[1:], key=lambda m: int(m.split()[1])) == [
+            f"record {i}" for i in range(40)
+        ]
+
+    def test_one_request_in_flight_by_default(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> None:
+        """Without the option, batches go one after the other on one connection, in order."""
+        shipper = datadog(make, fake_datadog, max_batch_records=10, flush_interval_s=60)
+        logger = attach(shipper)
+        _stall_then_queue(shipper, fake_datadog, logger, 40)
+        fake_datadog.slow_next(4, seconds=0.05)
+        assert shipper.flush(10)
+        assert fake_datadog.in_flight_peak == 1
+        assert len({r.client_port for r in fake_datadog.requests}) == 1
+        assert messages(fake_datadog.entries)[1:] == [f"record {i}" for i in range(40)]
+
+    def test_failures_in_any_part_lose_and_duplicate_nothing(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """5xx answers and a 413 land on whichever parts: every record still arrives exactly once."""
+        fake_datadog.fail_next(3, status=503)
+        fake_datadog.fail_next(2, status=413)
+        shipper = datadog(make, fake_datadog, max_in_flight=4, max_batch_records=10)
+        logger = attach(shipper)
+        for i in range(200):
+            logger.info("record %d", i)
+        assert shipper.flush(15)
+        assert Counter(messages(fake_datadog.entries)) == Counter(f"record {i}" for i in range(200))
+        stats = shipper.stats()
+        assert stats["sent"] == 200
+        assert stats["retried"] >= 30
+        assert stats["dropped"] == {}
+
+    def test_nothing_after_an_unfinished_part_is_acknowledged(
+        self,
+        fake_datadog: FakeDatadog,
+        make: ShipperFactory,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The first part refused (401), the others delivered: all stay spooled, and go out again."""
+        handle = fake_datadog.handle
+
+        def refuse_the_first_part(request: ReceivedRequest) -> Reply:
+            body = decompress(request.raw_body, request.header("content-encoding"))
+            if b'"record 0"' in body:
+                return fake_datadog.error_reply(request, 403, "Forbidden")
+            return handle(request)
+
+        monkeypatch.setattr(fake_datadog, "handle", refuse_the_first_part)
+        spool = tmp_path / "spool"
+        options: dict[str, Any] = {"max_in_flight": 4, "max_batch_records": 10, "flush_interval_s": 60}
+        shipper = datadog(make, fake_datadog, spool_dir=spool, **options)
+        logger = attach(shipper)
+        _stall_then_queue(shipper, fake_datadog, logger, 40)
+        assert not shipper.flush(3)
+        assert fake_datadog.wait_for(lambda: len(fake_datadog.entries) == 31, 5)
+        shipper.close(1)
+        assert shipper.stats()["spooled"] == 40
+
+        monkeypatch.setattr(fake_datadog, "handle", handle)
+        replay = datadog(make, fake_datadog, spool_dir=spool, **options)
+        assert replay.flush(10)
+        counts = Counter(messages(fake_datadog.entries))
+        # At least once: the parts after the refused one arrive twice, the rest once, none lost.
+        assert counts == Counter({"warm-up": 1} | {f"record {i}": 1 if i < 10 else 2 for i in range(40)})
+
+    def test_senders_never_ship_their_own_logs(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> None:
+        """Sender threads count as the shipper's own: their diagnostics never come back in."""
+        from agentuity_logging._delivery import _engine
+
+        shipper = datadog(make, fake_datadog, max_in_flight=4, max_batch_records=10)
+        handler = ShippingHandler(shipper)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+        try:
+            logger = logging.getLogger("tests.app")
+            _stall_then_queue(shipper, fake_datadog, logger, 40)
+            fake_datadog.fail_next(8, status=503)  # retries, reported from whichever thread
+            assert shipper.flush(10)
+            senders = [t for t in threading.enumerate() if t.name.startswith("agentuity-logging-datadog-")]
+            assert len(senders) == 3
+            assert all(t.ident in _engine._worker_threads for t in senders)
+        finally:
+            root.removeHandler(handler)
+        assert Counter(messages(fake_datadog.entries)) == Counter(
+            ["warm-up", *(f"record {i}" for i in range(40))]
+        )
+        assert shipper.stats()["enqueued"] == 41
+
+    @pytest.mark.forks
+    @pytest.mark.skipif(sys.platform == "win32", reason="fork")
+    def test_a_forked_child_sends_on_senders_of_its_own(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """Senders started in the parent do not exist in a child: it starts its own, resends nothing."""
+        shipper = datadog(make, fake_datadog, max_in_flight=4, max_batch_records=10, flush_interval_s=60)
+        logger = attach(shipper)
+        _stall_then_queue(shipper, fake_datadog, logger, 40)
+        fake_datadog.slow_next(4, seconds=0.2)
+        assert shipper.flush(10)
+        assert fake_datadog.in_flight_peak == 4
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                child_deadline()
+                for i in range(40):
+                    logger.info("child %d", i)
+                code = 0 if shipper.flush(10) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        counts = Counter(messages(fake_datadog.entries))
+        assert counts == Counter(
+            ["warm-up", *(f"record {i}" for i in range(40)), *(f"child {i}" for i in range(40))]
+        )
+
+    def test_close_is_bounded_and_stops_the_senders(
+        self, fake_datadog: FakeDatadog, make: ShipperFactory
+    ) -> None:
+        """A backend that is down: close() keeps its bound, and no sender thread outlives it."""
+        fake_datadog.down()
+        shipper = datadog(make, fake_datadog, max_in_flight=4, max_batch_records=10)
+        logger = attach(shipper)
+        for i in range(100):
+            logger.info("record %d", i)
+        shipper.flush(0.5)
+        start = time.monotonic()
+        assert not shipper.close(0.5)
+        assert time.monotonic() - start < 3
+        assert poll_until(
+            lambda: not [t for t in threading.enumerate() if t.name.startswith("agentuity-logging-datadog")],
+            5,
+        )
+
+
 class TestFlushAndClose:
     def test_flush_waits_until_delivered(self, fake_datadog: FakeDatadog, make: ShipperFactory) -> None:
         """flush() returns True only once the backend has every record."""
@@ -574,6 +747,9 @@ class TestEngineOptions:
             ("flush_interval_s", float("nan")),
             ("block_timeout_s", -1),
             ("retry_max_s", True),
+            ("max_in_flight", 0),
+            ("max_in_flight", 33),
+            ("max_in_flight", 2.0),
         ],
     )
     def test_bad_option_is_a_configuration_error(

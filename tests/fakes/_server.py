@@ -46,6 +46,7 @@ class ReceivedRequest:
     chunked: bool = False
     status: int | None = None  # what the fake answered; None if the connection was dropped
     state: dict[str, Any] = field(default_factory=dict)  # per-request notes of a fake
+    client_port: int = 0  # the sender's port: one per connection
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Header value by case-insensitive name."""
@@ -182,6 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             raw_body=body,
             chunked=chunked,
+            client_port=self.client_address[1],
         )
         reply = fake._respond(request)
         if reply is None:
@@ -254,6 +256,9 @@ class FakeServer:
         self._unavailable = False
         self.requests: list[ReceivedRequest] = []
         self.errors: list[BaseException] = []
+        self._in_flight = 0
+        #: The most requests this fake was handling at the same time.
+        self.in_flight_peak = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -427,6 +432,16 @@ class FakeServer:
     # --- request handling ---------------------------------------------------------------
 
     def _respond(self, request: ReceivedRequest) -> Reply | None:
+        with self._lock:
+            self._in_flight += 1
+            self.in_flight_peak = max(self.in_flight_peak, self._in_flight)
+        try:
+            return self._respond_now(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _respond_now(self, request: ReceivedRequest) -> Reply | None:
         faulted = self.fault_paths is None or request.path in self.fault_paths
         fault = None
         if faulted:
