@@ -333,16 +333,16 @@ def zlib_gzip() -> Any:
         _protocol._gzip = saved
 
 
-def bench_ours(sink: Sink, n: int, kind: str, *, zlib_only: bool = False) -> dict[str, Any]:
+def bench_ours(sink: Sink, n: int, kind: str, *, zlib_only: bool = False, **options: Any) -> dict[str, Any]:
     if zlib_only:
         with zlib_gzip():
-            return bench_ours(sink, n, kind)
+            return bench_ours(sink, n, kind, **options)
     from agentuity_logging.shipping import DatadogShipper, LokiShipper, ShippingHandler
 
     shipper = (
-        DatadogShipper("bench-key-0123456789", url=sink.url)
+        DatadogShipper("bench-key-0123456789", url=sink.url, **options)
         if kind == "datadog"
-        else LokiShipper(sink.url, encoding="json")
+        else LokiShipper(sink.url, encoding="json", **options)
     )
     try:
         logger = fresh_logger(ShippingHandler(shipper))
@@ -652,18 +652,25 @@ def bench_instructions(n: int) -> None:
 # --- a far-away backend ----------------------------------------------------------------------
 
 
-def bench_round_trip(n: int, ms: int, rounds: int) -> None:
-    """Delivered records/s when every delivery takes ``ms`` to answer: one request in flight."""
+def bench_round_trip(n: int, ms: int, rounds: int, in_flight: tuple[int, ...] = (1, 4)) -> None:
+    """Delivered records/s when every delivery takes ``ms`` to answer, by ``max_in_flight``."""
     sink = Sink()
     sink.start()
+    rates: dict[int, list[float]] = {k: [] for k in in_flight}
     try:
         sink.delay(ms)
-        rates = [bench_ours(sink, n, "datadog")["rate"] for _ in range(rounds)]
+        for _ in range(rounds):
+            for k in in_flight:
+                rates[k].append(bench_ours(sink, n, "datadog", max_in_flight=k)["rate"])
     finally:
         sink.stop()
     print(f"\nDatadog, the sink answering after {ms} ms, {n:,} records per run, {rounds} runs")
-    print(f"  delivered/s: median {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})")
-    print(f"  one 1,000-entry request per round trip would allow {1000 / (ms / 1000):,.0f}/s")
+    for k, measured in rates.items():
+        print(
+            f"  max_in_flight={k}: delivered/s median {statistics.median(measured):,.0f} "
+            f"({min(measured):,.0f}-{max(measured):,.0f}); one 1,000-entry batch per round trip "
+            f"per request in flight allows {k * 1000 / (ms / 1000):,.0f}/s"
+        )
 
 
 # --- driver ----------------------------------------------------------------------------------
