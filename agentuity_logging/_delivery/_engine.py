@@ -196,7 +196,9 @@ class _Settings:
         self.max_queue_records = _count(options, "max_queue_records", DEFAULT_MAX_QUEUE_RECORDS)
         self.max_queue_bytes = _count(options, "max_queue_bytes", DEFAULT_MAX_QUEUE_BYTES, minimum=64 << 10)
         self.max_batch_records = min(
-            _count(options, "max_batch_records", protocol.max_batch_records),
+            _count(
+                options, "max_batch_records", protocol.default_batch_records or protocol.max_batch_records
+            ),
             protocol.max_batch_records,
         )
         self.max_batch_bytes = min(

@@ -210,6 +210,9 @@ class LokiProtocol(WireProtocol):
 
     name = "loki"
     max_batch_records = 5000
+    # Measured (bench_shipping.py, ten alternating paired rounds): 2,000-record pushes delivered
+    # 0.77 of the plain call rate against 0.67 for 5,000 (likely: less left for a burst's tail).
+    default_batch_records = 2000
     prepares_exact_bytes = True
     # Loki's default burst is 6 MB per tenant: keep each push around 1 MB.
     max_batch_bytes = 1_000_000

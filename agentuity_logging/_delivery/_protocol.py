@@ -117,6 +117,8 @@ class WireProtocol(abc.ABC):
     name: str
     max_batch_records: int
     max_batch_bytes: int
+    #: Records per request unless the user sets ``max_batch_records`` (``None``: the maximum).
+    default_batch_records: int | None = None
     endpoint: str
     #: Whether ``prepare`` returns exact-size ``bytes`` objects. ``orjson.dumps`` results keep a
     #: 4 KiB buffer each, so the engine copies records out of them unless this says it need not.

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from agentuity_logging._delivery._engine import DeliveryEngine, backoff_s
-from agentuity_logging.shipping import DatadogShipper, HTTPShipper, OTLPShipper, ShippingHandler
-from tests.fakes import FakeDatadog, FakeHTTPSink, FakeOTLP
+from agentuity_logging.shipping import DatadogShipper, HTTPShipper, LokiShipper, OTLPShipper, ShippingHandler
+from tests.fakes import FakeDatadog, FakeHTTPSink, FakeLoki, FakeOTLP
 from tests.fakes._server import ReceivedRequest, Reply, decompress
 from tests.forking import child_deadline
 
@@ -765,6 +765,32 @@ class TestEngineOptions:
         """A misspelt option is refused like any unexpected keyword argument."""
         with pytest.raises(TypeError, match="flush_interval"):
             DatadogShipper(KEY, url=fake_datadog.url, flush_interval=1)  # type: ignore[call-arg]
+
+    @pytest.mark.parametrize(("option", "expected"), [(None, 2000), (5000, 5000), (50_000, 5000), (100, 100)])
+    def test_loki_batches_default_below_their_bound(
+        self, fake_loki: FakeLoki, option: int | None, expected: int
+    ) -> None:
+        """Loki pushes 2,000 records at most by default; max_batch_records may go up to 5,000."""
+        from agentuity_logging._delivery._loki import LokiProtocol
+
+        options = {} if option is None else {"max_batch_records": option}
+        engine = DeliveryEngine(LokiProtocol(fake_loki.url), name="t", **options)
+        try:
+            assert engine._batch_records == expected
+        finally:
+            engine.close(0)
+
+    def test_loki_pushes_hold_2000_records_by_default(
+        self, fake_loki: FakeLoki, make: ShipperFactory
+    ) -> None:
+        """4,500 queued records leave as pushes of 2,000, 2,000 and 500."""
+        shipper = make(LokiShipper, fake_loki.url, encoding="json", flush_interval_s=60, **FAST_RETRY)
+        logger = attach(shipper)
+        for i in range(4500):
+            logger.info("record %d", i)
+        assert shipper.flush(15)
+        sizes = [sum(len(stream.entries) for stream in push.streams) for push in fake_loki.pushes]
+        assert sorted(sizes) == [500, 2000, 2000]
 
     def test_batch_bounds_cannot_exceed_the_protocol(self, fake_datadog: FakeDatadog) -> None:
         """max_batch_records above the protocol's limit is clamped to it."""
