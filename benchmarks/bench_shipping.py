@@ -739,20 +739,22 @@ def main() -> None:
             "logging_loki-LokiQueueHandler": lambda: bench_logging_loki(sink, 2000, True),
             "logging_loki-LokiHandler": lambda: bench_logging_loki(sink, 2000, False),
         }
-        # Each contender's run is paired with a plain run just before it, and its ratio is taken
-        # against that one: the machine's speed drifts by tens of percent within a minute here,
+        # Each contender's run is paired with a plain run just before or after it, and its ratio is
+        # taken against that one: the machine's speed drifts by tens of percent within a minute here,
         # so a ratio of two medians taken minutes apart says less than the median of the ratios.
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in ("plain", *contenders)}
         ratios: dict[str, list[float]] = {name: [] for name in contenders}
         for round_no in range(args.rounds):
             for name, run in contenders.items():
-                gc.collect()
-                plain = bench_plain(sink, args.n)
-                results["plain"].append(plain)
-                gc.collect()
-                result = run()
-                results[name].append(result)
-                ratios[name].append(result["rate"] / plain["rate"])
+                # The plain run goes first in even rounds and second in odd ones, so a drift of the
+                # machine's speed within a pair does not always favour the same side.
+                measured = {}
+                for side in ("plain", name) if round_no % 2 == 0 else (name, "plain"):
+                    gc.collect()
+                    measured[side] = bench_plain(sink, args.n) if side == "plain" else run()
+                results["plain"].append(measured["plain"])
+                results[name].append(measured[name])
+                ratios[name].append(measured[name]["rate"] / measured["plain"]["rate"])
             print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
 
         costs = [bench_call_cost(sink) for _ in range(args.rounds)]
