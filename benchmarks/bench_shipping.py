@@ -763,7 +763,7 @@ def main() -> None:
 
     plain_us = statistics.median(r["app_us"] for r in results["plain"])
     print(f"\nthroughput, {args.rounds} interleaved rounds, {args.n:,} records per run")
-    print("vs plain: the median (and range) of each run's rate over the plain run just before it")
+    print("vs plain: the median (and range) of each run's rate over the plain run paired with it")
     print(
         f"{'contender':32} {'delivered/s':>11} {'vs plain':>9} {'range':>11} {'producer CPU µs':>16} "
         f"{'vs plain':>9} verified at sink"
