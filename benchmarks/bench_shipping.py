@@ -744,8 +744,12 @@ def main() -> None:
         # so a ratio of two medians taken minutes apart says less than the median of the ratios.
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in ("plain", *contenders)}
         ratios: dict[str, list[float]] = {name: [] for name in contenders}
+        names = list(contenders)
         for round_no in range(args.rounds):
-            for name, run in contenders.items():
+            # Each round starts one contender later, so none always follows the same one.
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                run = contenders[name]
                 # The plain run goes first in even rounds and second in odd ones, so a drift of the
                 # machine's speed within a pair does not always favour the same side.
                 measured = {}
