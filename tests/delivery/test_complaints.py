@@ -8,7 +8,6 @@ import dataclasses
 import datetime as dt
 import logging
 import logging.config
-import os
 import socket
 import sys
 import threading
@@ -26,7 +25,7 @@ from agentuity_logging._records import format_timestamp
 from agentuity_logging.shipping import DatadogShipper, LokiShipper, ShippingHandler
 from agentuity_logging.stdlib import SessionContextFilter
 from tests.fakes import FakeDatadog, FakeLoki
-from tests.forking import child_deadline
+from tests.forking import in_child
 
 from .shipping_support import FAST_RETRY, ShipperFactory, attach, messages, shipper_factory
 
@@ -151,19 +150,12 @@ class TestComplaints:
         logger = attach(shipper)
         logger.info("parent")
         assert shipper.flush(5)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                child_deadline()
-                logger.info("from the worker")
-                code = 0 if shipper.flush(10) else 2
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child() -> bool:
+            logger.info("from the worker")
+            return shipper.flush(10)
+
+        assert in_child(child) == 0
         assert messages(fake_datadog.entries) == ["parent", "from the worker"]
 
     def test_08_shutdown_does_not_hang_on_an_unreachable_backend(
@@ -295,18 +287,12 @@ class TestComplaints:
         codes = []
         try:
             for n in range(10):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    pid = os.fork()
-                if pid == 0:
-                    code = 1
-                    try:
-                        child_deadline(10)
-                        logger.info("child %d", n)
-                        code = 0 if shipper.flush(10) else 2
-                    finally:
-                        os._exit(code)
-                codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+                def child(n: int = n) -> bool:
+                    logger.info("child %d", n)
+                    return shipper.flush(10)
+
+                codes.append(in_child(child, deadline_s=10))
         finally:
             stop.set()
             thread.join()

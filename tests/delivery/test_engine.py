@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from agentuity_logging._delivery._engine import DeliveryEngine, backoff_s
 from agentuity_logging.shipping import DatadogShipper, HTTPShipper, LokiShipper, OTLPShipper, ShippingHandler
 from tests.fakes import FakeDatadog, FakeHTTPSink, FakeLoki, FakeOTLP
 from tests.fakes._server import ReceivedRequest, Reply, decompress
-from tests.forking import child_deadline
+from tests.forking import in_child
 
 from .shipping_support import FAST_RETRY, ShipperFactory, attach, messages, poll_until, shipper_factory
 
@@ -428,6 +426,16 @@ def _stall_then_queue(shipper: DatadogShipper, fake: FakeDatadog, logger: loggin
         logger.info("record %d", i)
 
 
+def _four_in_flight(make: ShipperFactory, fake: FakeDatadog, seconds: float) -> DatadogShipper:
+    """A warm-up, then forty records sent as four batches of ten at once, each answered after ``seconds``."""
+    shipper = datadog(make, fake, max_in_flight=4, max_batch_records=10, flush_interval_s=60)
+    _stall_then_queue(shipper, fake, attach(shipper), 40)
+    fake.slow_next(4, seconds=seconds)
+    assert shipper.flush(10)
+    assert fake.in_flight_peak == 4
+    return shipper
+
+
 class TestRequestsInFlight:
     """``max_in_flight=N``: up to N batches at once, each on its own connection, acknowledged in order."""
 
@@ -435,12 +443,7 @@ class TestRequestsInFlight:
         self, fake_datadog: FakeDatadog, make: ShipperFactory
     ) -> None:
         """Forty queued records in batches of ten: four requests in flight together, four connections."""
-        shipper = datadog(make, fake_datadog, max_in_flight=4, max_batch_records=10, flush_interval_s=60)
-        logger = attach(shipper)
-        _stall_then_queue(shipper, fake_datadog, logger, 40)
-        fake_datadog.slow_next(4, seconds=0.3)
-        assert shipper.flush(10)
-        assert fake_datadog.in_flight_peak == 4
+        _four_in_flight(make, fake_datadog, 0.3)
         batches = [r for r in fake_datadog.requests if r.status == 202][1:]
         assert len(batches) == 4
         assert len({r.client_port for r in batches}) == 4
@@ -540,26 +543,15 @@ class TestRequestsInFlight:
         self, fake_datadog: FakeDatadog, make: ShipperFactory
     ) -> None:
         """Senders started in the parent do not exist in a child: it starts its own, resends nothing."""
-        shipper = datadog(make, fake_datadog, max_in_flight=4, max_batch_records=10, flush_interval_s=60)
+        shipper = _four_in_flight(make, fake_datadog, 0.2)
         logger = attach(shipper)
-        _stall_then_queue(shipper, fake_datadog, logger, 40)
-        fake_datadog.slow_next(4, seconds=0.2)
-        assert shipper.flush(10)
-        assert fake_datadog.in_flight_peak == 4
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                child_deadline()
-                for i in range(40):
-                    logger.info("child %d", i)
-                code = 0 if shipper.flush(10) else 2
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child() -> bool:
+            for i in range(40):
+                logger.info("child %d", i)
+            return shipper.flush(10)
+
+        assert in_child(child) == 0
         counts = Counter(messages(fake_datadog.entries))
         assert counts == Counter(
             ["warm-up", *(f"record {i}" for i in range(40)), *(f"child {i}" for i in range(40))]

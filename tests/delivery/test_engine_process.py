@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ import pytest
 from agentuity_logging import ConfigurationError
 from agentuity_logging.shipping import DatadogShipper
 from tests.fakes import FakeDatadog
-from tests.forking import child_deadline
+from tests.forking import in_child
 
 from .shipping_support import ShipperFactory, attach, messages, run_script, shipper_factory, start_script
 
@@ -43,27 +43,6 @@ def script(fake: FakeDatadog, body: str, spool: Path | None = None) -> str:
 def make() -> Iterator[ShipperFactory]:
     """Creates shippers and closes them after the test."""
     yield from shipper_factory()
-
-
-def fork_quietly() -> int:
-    """os.fork() without Python 3.12's warning about forking a multi-threaded process."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
-
-
-def in_child(body: Callable[[], bool]) -> int:
-    """Fork; run ``body`` in the child and exit 0 if it returned True; return the child's exit code."""
-    pid = fork_quietly()
-    if pid == 0:
-        code = 1
-        try:
-            child_deadline()
-            code = 0 if body() else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 class TestExit:
